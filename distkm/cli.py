@@ -1,0 +1,209 @@
+"""The ``distkm`` command: parse arguments, call the library, report.
+
+Every failure ends in one line on stderr (``distkm: error: ...``) and a
+non-zero exit; ``--debug`` shows the traceback instead. Outputs are written
+to a temporary folder and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def main(argv=None):
+    """Entry point of the ``distkm`` console script."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("distkm: interrupted; nothing was written", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if args.debug:
+            raise
+        print(f"distkm: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _one_line(error):
+    message = str(error).strip().splitlines()
+    text = message[0] if message else ""
+    known = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError)
+    if isinstance(error, known) and text:
+        return text
+    return f"{type(error).__name__}: {text} (run with --debug for the traceback)"
+
+
+# --------------------------------------------------------------------------- #
+# distkm ingest
+# --------------------------------------------------------------------------- #
+def _ingest(args):
+    from .data import ingest_idx
+
+    start = time.perf_counter()
+    attrs = ingest_idx(args.dataset, args.out, source=args.source, chunk_rows=args.chunk_rows,
+                       overwrite=args.overwrite)
+    splits = ", ".join(f"{name} {stop - begin:,}" for name, (begin, stop) in attrs["splits"].items())
+    print(f"wrote {args.out}: {args.dataset} ({splits} rows; checksums verified against "
+          f"{attrs['source']['checksums']}) in {time.perf_counter() - start:.1f} s")
+
+
+# --------------------------------------------------------------------------- #
+# distkm fit
+# --------------------------------------------------------------------------- #
+def _fit(args):
+    from .cluster import dask_client
+    from .data import open_store
+    from .estimator import KMeans
+    from .model import save_model, write_labels
+    from .outputs import atomic_output, check_output_path
+
+    start = time.perf_counter()
+    # Everything that can be checked without a cluster is checked first.
+    store = open_store(args.store, split=args.split)
+    check_output_path(args.out, overwrite=args.overwrite)
+    x = store.images
+    model = KMeans(n_clusters=args.k, init=_parse_init(args.init), n_init=_parse_n_init(args.n_init),
+                   max_iter=args.max_iter, tol=args.tol, random_state=args.seed, dtype=args.dtype,
+                   verbose=0 if args.quiet else 1)
+    model._validate_params()
+    if x.shape[0] < args.k:
+        raise ValueError(f"n_samples={x.shape[0]} should be >= n_clusters={args.k}.")
+    with dask_client(args.scheduler, n_workers=args.n_workers, threads_per_worker=args.threads_per_worker,
+                     memory_limit=args.memory_limit) as client:
+        if not args.quiet:
+            print(f"distkm {__version__}: k={args.k} on {args.store} ({x.shape[0]:,} rows x {x.shape[1]}, "
+                  f"{x.numblocks[0]} chunks), {len(client.scheduler_info()['workers'])} workers, "
+                  f"dashboard {client.dashboard_link}", flush=True)
+        with atomic_output(args.out, overwrite=args.overwrite) as tmp:
+            fit_start = time.perf_counter()
+            model.fit(x)
+            fit_seconds = time.perf_counter() - fit_start
+            write_labels(tmp / "labels.zarr", model.labels_, attrs={"store": str(Path(args.store).resolve()),
+                                                                     "split": args.split})
+            data = {"path": str(Path(args.store).resolve()), "split": args.split, "array": "images",
+                    "n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}
+            save_model(tmp, model, data=data, extra={"timings": {
+                "fit_seconds": fit_seconds,
+                "seconds_per_iteration": fit_seconds / max(model.n_iter_, 1),
+                "command_seconds": time.perf_counter() - start}})
+    sizes = model.cluster_sizes_
+    print(f"done in {time.perf_counter() - start:.1f} s: {model.n_iter_} iterations, inertia {model.inertia_:.6g}, "
+          f"cluster sizes {sizes.min():,}..{sizes.max():,}")
+    print(f"results in {args.out}/ (model.json, centroids.zarr, labels.zarr)")
+
+
+def _parse_init(value):
+    if value in ("k-means++", "random"):
+        return value
+    path = Path(value)
+    if path.is_dir():
+        from .model import load_model
+
+        return load_model(path)[0].cluster_centers_
+    if path.suffix == ".npy" and path.is_file():
+        return np.load(path, allow_pickle=False)
+    raise ValueError(f"--init must be 'k-means++', 'random', a .npy file or a run folder, got {value!r}")
+
+
+def _parse_n_init(value):
+    return value if value == "auto" else int(value)
+
+
+# --------------------------------------------------------------------------- #
+# distkm predict
+# --------------------------------------------------------------------------- #
+def _predict(args):
+    from .cluster import dask_client
+    from .data import open_store
+    from .model import load_model, write_labels
+    from .outputs import atomic_output, check_output_path
+
+    start = time.perf_counter()
+    model, _ = load_model(args.run)
+    store = open_store(args.store, split=args.split)
+    check_output_path(args.out, overwrite=args.overwrite)
+    labels = model.predict(store.images)
+    with dask_client(args.scheduler, n_workers=args.n_workers) as client, \
+            atomic_output(args.out, overwrite=args.overwrite) as tmp:
+        if not args.quiet:
+            print(f"assigning {store.images.shape[0]:,} rows of {args.store}, dashboard {client.dashboard_link}",
+                  flush=True)
+        write_labels(tmp, labels, attrs={"model": str(Path(args.run).resolve()),
+                                         "store": str(Path(args.store).resolve()), "split": args.split})
+    print(f"wrote {args.out}: {labels.shape[0]:,} labels in {time.perf_counter() - start:.1f} s")
+
+
+# --------------------------------------------------------------------------- #
+# argument parsing
+# --------------------------------------------------------------------------- #
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="distkm", description="Out-of-core k-means on zarr image stores, with Dask.")
+    parser.add_argument("--version", action="version", version=f"distkm {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    common.add_argument("--quiet", action="store_true", help="print only the result")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(debug=False)
+
+    ingest = sub.add_parser("ingest", parents=[common], help="write an IDX dataset (MNIST...) into a zarr store")
+    ingest.add_argument("dataset", choices=["mnist", "fashion-mnist"])
+    ingest.add_argument("--out", required=True, help="zarr store to create, e.g. data/mnist.zarr")
+    ingest.add_argument("--source", help="folder with the IDX .gz files (default: the dataset's known places)")
+    ingest.add_argument("--chunk-rows", type=_positive_int, help="rows per chunk (default distkm.chunk-rows)")
+    ingest.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    ingest.set_defaults(func=_ingest)
+
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")
+    cluster.add_argument("--n-workers", type=_positive_int, help="LocalCluster workers (default: one per core)")
+    cluster.add_argument("--threads-per-worker", type=_positive_int, help="LocalCluster threads per worker")
+    cluster.add_argument("--memory-limit", help="LocalCluster memory limit per worker, e.g. 2GiB")
+
+    fit = sub.add_parser("fit", parents=[common, cluster], help="cluster a store; write a run folder")
+    fit.add_argument("store", help="zarr store with an 'images' array")
+    fit.add_argument("--k", type=int, required=True, help="number of clusters")
+    fit.add_argument("--out", required=True, help="run folder to create, e.g. runs/mnist-k10")
+    fit.add_argument("--split", help="use only this split of the store (train, test)")
+    fit.add_argument("--init", default="k-means++", help="k-means++, random, a .npy file or a run folder")
+    fit.add_argument("--max-iter", type=int, default=300)
+    fit.add_argument("--tol", type=float, default=1e-4, help="relative to the mean feature variance")
+    fit.add_argument("--n-init", default="auto", help="initialisations to try (auto: 1 for k-means++, 10 for random)")
+    fit.add_argument("--seed", type=int, default=None, help="random seed: same seed, same bits on any cluster")
+    fit.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder once the new one is done")
+    fit.set_defaults(func=_fit)
+
+    predict = sub.add_parser("predict", parents=[common, cluster], help="assign the rows of a store to a run's clusters")
+    predict.add_argument("run", help="run folder written by distkm fit")
+    predict.add_argument("store", help="zarr store with an 'images' array")
+    predict.add_argument("--out", required=True, help="zarr array of labels to create")
+    predict.add_argument("--split", help="use only this split of the store")
+    predict.add_argument("--overwrite", action="store_true")
+    predict.set_defaults(func=_predict)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

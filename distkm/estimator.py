@@ -1,0 +1,281 @@
+"""The scikit-learn estimator: ``distkm.KMeans``.
+
+Input is checked here, once, at the door (parameters through scikit-learn's
+``_parameter_constraints``, data-dependent checks in ``_check_*``); the
+private machinery in :mod:`distkm.lloyd` and :mod:`distkm.kernels` assumes
+valid input.
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral, Real
+
+import dask.array as da
+import numpy as np
+import zarr
+from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from . import config, lloyd
+from .data import as_dask_array
+from .init import init_centers
+
+
+class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
+    """K-means clustering of data larger than memory, by map-reduce Lloyd iterations on Dask.
+
+    The interface and defaults are scikit-learn's ``KMeans(algorithm="lloyd")``.
+    Each iteration is one pass over the data: every chunk of rows yields
+    per-cluster partial sums, weights and inertia on the worker that holds
+    it, a fixed tree reduction adds them up, and the centers are updated on
+    the client. The data never travels to the client. Computation runs on
+    the current Dask client if there is one, else on dask's local scheduler.
+
+    Parameters
+    ----------
+    n_clusters : int, default=8
+        Number of clusters.
+    init : {"k-means++", "random"} or array-like of shape (n_clusters, n_features), default="k-means++"
+        "k-means++" runs scikit-learn's k-means++ on a uniform sample of
+        ``init_sample_size`` rows (all rows when there are fewer), gathered
+        chunk by chunk; "random" picks ``n_clusters`` distinct rows.
+    n_init : "auto" or int, default="auto"
+        Number of initialisations; the run with the lowest inertia is kept.
+        "auto" is 1 for "k-means++" or an array, 10 for "random".
+    max_iter : int, default=300
+        Maximum number of Lloyd iterations of one run.
+    tol : float, default=1e-4
+        Relative tolerance: stop when the squared center shift is at most
+        ``tol`` times the mean per-feature variance of the data.
+    verbose : int, default=0
+        Print the iteration, inertia and center shift as the fit progresses.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the initialisation. Results for a given seed are bit-identical
+        whatever the number of workers or threads.
+    dtype : {"float32", "float64"}, default="float32"
+        Compute dtype of distances and centers. Per-cluster sums are always
+        accumulated in float64 (exactly, for integer pixels).
+    split_every : int, optional
+        Fan-in of the reduction tree (default ``distkm.split-every``).
+    init_sample_size : int, optional
+        Rows k-means++ runs on (default ``distkm.init-sample-size``).
+
+    Attributes
+    ----------
+    cluster_centers_ : ndarray of shape (n_clusters, n_features)
+        Centers, in the compute dtype.
+    labels_ : ndarray or dask.array.Array of shape (n_samples,)
+        Cluster of every training row: a numpy array for numpy input, a
+        lazy dask array for dask, zarr or store-path input.
+    inertia_ : float
+        Sum of (weighted) squared distances of rows to their closest center.
+    n_iter_ : int
+        Iterations run by the kept initialisation.
+    n_features_in_ : int
+        Number of features seen during fit.
+    cluster_sizes_ : ndarray of shape (n_clusters,)
+        Number of training rows in each cluster.
+    history_ : list of dict
+        Per iteration of the kept run: inertia, squared center shift,
+        relocated empty clusters.
+
+    Examples
+    --------
+    >>> from distkm import KMeans
+    >>> model = KMeans(n_clusters=10, random_state=0).fit("data/mnist.zarr")  # doctest: +SKIP
+    >>> model.labels_  # a lazy dask array over the store  # doctest: +SKIP
+    """
+
+    _parameter_constraints: dict = {
+        "n_clusters": [Interval(Integral, 1, None, closed="left")],
+        "init": [StrOptions({"k-means++", "random"}), "array-like"],
+        "n_init": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "random_state": ["random_state"],
+        "dtype": [StrOptions({"float32", "float64"}), type],
+        "split_every": [None, Interval(Integral, 2, None, closed="left")],
+        "init_sample_size": [None, Interval(Integral, 1, None, closed="left")],
+    }
+
+    def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4, verbose=0,
+                 random_state=None, dtype="float32", split_every=None, init_sample_size=None):
+        self.n_clusters = n_clusters
+        self.init = init
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.tol = tol
+        self.verbose = verbose
+        self.random_state = random_state
+        self.dtype = dtype
+        self.split_every = split_every
+        self.init_sample_size = init_sample_size
+
+    # ------------------------------------------------------------------ #
+    # public API
+    # ------------------------------------------------------------------ #
+    def fit(self, X, y=None, sample_weight=None):
+        """Compute k-means clustering.
+
+        Parameters
+        ----------
+        X : array-like, dask array, zarr array or group, or str/Path of shape (n_samples, n_features)
+            Training rows (uint8, integer or float). A path opens the
+            ``images`` array of a distkm zarr store.
+        y : Ignored
+        sample_weight : array-like or dask array of shape (n_samples,), optional
+            Weight of each row; ``None`` gives every row weight 1.
+
+        Returns
+        -------
+        self : KMeans
+        """
+        self._validate_params()
+        x = as_dask_array(X)
+        n_samples, n_features = x.shape
+        if n_samples < self.n_clusters:
+            raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
+        dtype = self._compute_dtype()
+        weights = _check_sample_weight(sample_weight, x)
+        init, n_init = self._check_init(n_features)
+        split_every = self.split_every or config.get("split-every")
+        block_rows = config.get("block-rows")
+        random_state = check_random_state(self.random_state)
+
+        summary = lloyd.summarize(x, weights, split_every=split_every)
+        if summary.n_nonfinite:
+            raise ValueError(f"X contains {summary.n_nonfinite} NaN or infinite value(s); k-means needs finite data")
+        tol = lloyd.tolerance(summary, self.tol)
+
+        best = None
+        for run in range(n_init):
+            if self.verbose:
+                print(f"Initialization {run + 1}/{n_init} ({init if isinstance(init, str) else 'given array'})")
+            centers = init_centers(x, self.n_clusters, init, random_state, weights=weights,
+                                   sample_size=self.init_sample_size or config.get("init-sample-size"))
+            result = lloyd.lloyd(x, centers, summary=summary, max_iter=self.max_iter, tol=tol, dtype=dtype,
+                                 weights=weights, split_every=split_every, block_rows=block_rows,
+                                 callback=_print_iteration if self.verbose else None)
+            final = lloyd.final_stats(x, result.centers, dtype, weights=weights, split_every=split_every,
+                                      block_rows=block_rows)
+            if self.verbose:
+                state = "converged" if result.converged else "stopped at max_iter"
+                print(f"{state} after {result.n_iter} iterations, inertia {final.inertia:.6g}")
+            if best is None or final.inertia < best[1].inertia:
+                best = (result, final)
+        result, final = best
+
+        self.cluster_centers_ = result.centers.astype(dtype)
+        self.n_iter_ = result.n_iter
+        self.inertia_ = float(final.inertia)
+        self.cluster_sizes_ = final.sizes
+        self.history_ = result.history
+        self.n_features_in_ = n_features
+        self._n_features_out = self.n_clusters
+        self.labels_ = self._output(X, lloyd.assign_lazy(x, self.cluster_centers_, dtype, block_rows=block_rows))
+        return self
+
+    def fit_predict(self, X, y=None, sample_weight=None):
+        """Fit, then return the cluster of every row (``labels_``)."""
+        return self.fit(X, sample_weight=sample_weight).labels_
+
+    def predict(self, X):
+        """Index of the closest center for every row.
+
+        Returns
+        -------
+        labels : ndarray or dask.array.Array of shape (n_samples,), int32
+            Lazy (dask) for dask, zarr or store-path input.
+        """
+        x = self._check_test_data(X)
+        return self._output(X, lloyd.assign_lazy(x, self.cluster_centers_, self.cluster_centers_.dtype,
+                                                 block_rows=config.get("block-rows")))
+
+    def transform(self, X):
+        """Euclidean distance of every row to every center, shape (n_samples, n_clusters)."""
+        x = self._check_test_data(X)
+        return self._output(X, lloyd.distances_lazy(x, self.cluster_centers_, self.cluster_centers_.dtype,
+                                                    block_rows=config.get("block-rows")))
+
+    def score(self, X, y=None, sample_weight=None):
+        """Opposite of the inertia of ``X`` under the fitted centers (one pass)."""
+        x = self._check_test_data(X)
+        weights = _check_sample_weight(sample_weight, x)
+        final = lloyd.final_stats(x, self.cluster_centers_, self.cluster_centers_.dtype, weights=weights,
+                                  split_every=self.split_every or config.get("split-every"),
+                                  block_rows=config.get("block-rows"))
+        return -float(final.inertia)
+
+    # ------------------------------------------------------------------ #
+    # checks at the door
+    # ------------------------------------------------------------------ #
+    def _compute_dtype(self):
+        dtype = np.dtype(self.dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        return dtype
+
+    def _check_init(self, n_features):
+        init = self.init
+        if isinstance(init, str):
+            n_init = (10 if init == "random" else 1) if self.n_init == "auto" else self.n_init
+            return init, n_init
+        init = np.asarray(init)
+        if init.shape != (self.n_clusters, n_features):
+            raise ValueError(f"init array has shape {init.shape}, expected (n_clusters, n_features) = "
+                             f"({self.n_clusters}, {n_features})")
+        if init.dtype.kind not in "uif" or not np.isfinite(init).all():
+            raise ValueError("init array must hold finite real numbers (it has NaN, inf or non-numbers)")
+        if self.n_init not in ("auto", 1):
+            warnings.warn(f"Explicit initial center position passed: performing only one init in {type(self).__name__} "
+                          f"instead of n_init={self.n_init}.", RuntimeWarning, stacklevel=3)
+        return init.astype(np.float64), 1
+
+    def _check_test_data(self, X):
+        check_is_fitted(self)
+        x = as_dask_array(X)
+        if x.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {x.shape[1]} features, but {type(self).__name__} is expecting "
+                             f"{self.n_features_in_} features as input.")
+        return x
+
+    @staticmethod
+    def _output(X, result):
+        """numpy in, numpy out; dask, zarr or a path in, lazy dask out."""
+        if isinstance(X, (da.Array, zarr.Array, zarr.Group, str)) or hasattr(X, "__fspath__"):
+            return result
+        return result.compute()
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+def _check_sample_weight(sample_weight, x):
+    """Sample weights as a dask array chunked like ``x``'s rows, or ``None``."""
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, da.Array):
+        w = sample_weight.astype(np.float64)
+    else:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.ndim == 0:
+            w = np.full(x.shape[0], float(w))
+    if w.shape != (x.shape[0],):
+        raise ValueError(f"sample_weight has shape {w.shape}, expected ({x.shape[0]},)")
+    w = da.asarray(w).rechunk((x.chunks[0],))
+    finite, negative, total = da.compute(da.isfinite(w).all(), (w < 0).any(), w.sum())
+    if not finite or negative or total <= 0:
+        raise ValueError("sample_weight must be finite and non-negative, with a positive sum")
+    return w
+
+
+def _print_iteration(record):
+    relocated = f", relocated {record['relocated']}" if record["relocated"] else ""
+    print(f"Iteration {record['iteration']}, inertia {record['inertia']:.6g}, "
+          f"center shift {record['center_shift']:.3g}{relocated}", flush=True)

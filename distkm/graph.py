@@ -1,0 +1,94 @@
+"""Map-reduce over the row chunks of a dask array, as a dask graph.
+
+The shape follows dask's own ``dask.array.reductions.reduction`` (one task
+per chunk, then ``combine`` over groups of ``split_every`` partials, level
+after level), with three differences that matter to distkm:
+
+* The constants of a pass (the centers, a few KB) sit under one key that
+  every chunk task depends on, so they travel once to each worker instead of
+  being copied into every task.
+* The order in which partials are combined is fixed by the chunk order,
+  never by which worker finishes first: floating-point sums, hence the
+  centers, are bit-identical on any number of workers or threads.
+* Tasks carry names (``distkm-partial-stats``, ``distkm-partial-stats-combine``)
+  that the dashboard shows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import partial
+
+import numpy as np
+from dask.core import flatten
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
+
+
+def row_offsets(x):
+    """Index of the first row of every row chunk of ``x``."""
+    return np.concatenate(([0], np.cumsum(x.chunks[0])[:-1])).astype(np.int64)
+
+
+def map_reduce(x, chunk, combine, *, name, constants=(), weights=None, split_every=8, per_chunk=None):
+    """Lazy result of ``combine`` over ``chunk`` applied to every row chunk of ``x``.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        2-D, chunked by rows only.
+    chunk : callable
+        ``chunk(block, *constants, weights_block, **per_chunk_kwargs)``.
+    combine : callable
+        ``combine(*partials)``: associative; called on groups of partials.
+    name : str
+        Task name prefix shown on the dashboard (``distkm-<name>``).
+    constants : tuple
+        Small objects every chunk needs (centers...): stored once in the graph.
+    weights : dask.array.Array, optional
+        1-D, chunked like ``x``'s rows; ``None`` passes ``None`` to ``chunk``.
+    split_every : int
+        Fan-in of the tree.
+    per_chunk : callable, optional
+        ``per_chunk(i) -> dict`` of keyword arguments for chunk ``i``.
+
+    Returns
+    -------
+    dask.delayed.Delayed
+    """
+    if split_every < 2:
+        raise ValueError(f"split_every must be >= 2, got {split_every}")
+    # A fresh token per pass: two passes over identical inputs (e.g. score() twice) must not share
+    # keys, or the scheduler may forget the first result while the second asks for it.
+    token = uuid.uuid4().hex
+    layer = {}
+    const_keys = []
+    for j, value in enumerate(constants):
+        key = (f"distkm-{name}-args-{token}", j)
+        layer[key] = value
+        const_keys.append(key)
+    x_keys = list(flatten(x.__dask_keys__()))
+    w_keys = list(flatten(weights.__dask_keys__())) if weights is not None else [None] * len(x_keys)
+    chunk_name = f"distkm-{name}-{token}"
+    level = []
+    for i, (xk, wk) in enumerate(zip(x_keys, w_keys)):
+        func = partial(chunk, **per_chunk(i)) if per_chunk else chunk
+        layer[(chunk_name, i)] = (func, xk, *const_keys, wk)
+        level.append((chunk_name, i))
+    depth = 0
+    combine_name = f"distkm-{name}-combine-{token}"
+    while len(level) > 1:
+        next_level = []
+        for j in range(0, len(level), split_every):
+            key = (combine_name, depth, j // split_every)
+            layer[key] = (combine, *level[j : j + split_every])
+            next_level.append(key)
+        level, depth = next_level, depth + 1
+    final = f"distkm-{name}-result-{token}"
+    layer[final] = (_identity, level[0])
+    deps = [x] if weights is None else [x, weights]
+    return Delayed(final, HighLevelGraph.from_collections(final, layer, dependencies=deps))
+
+
+def _identity(value):
+    return value

@@ -1,0 +1,360 @@
+"""Pure-numpy kernels: what one chunk of rows contributes to k-means.
+
+Nothing here imports dask. Every function takes one in-memory chunk (or the
+small partial results of chunks) and returns small numpy results that the
+orchestration in :mod:`distkm.lloyd` combines with a tree reduction, in the
+manner of scikit-learn's ``_update_chunk_dense`` (a chunk's contribution into
+buffers its caller adds up) and dask's ``mean_chunk``/``mean_combine``.
+
+Conventions
+-----------
+* ``X`` is a 2-D chunk of rows, uint8/integer or floating, never modified.
+* ``centers`` are already in the compute dtype (float32 or float64); the
+  caller prepares them and ``half_sq_norms = 0.5 * ||c||^2`` once per
+  iteration, not once per chunk.
+* Chunks are processed in blocks of ``block_rows`` rows, so the temporaries
+  (the block cast to the compute dtype, the block x k score matrix) are
+  bounded whatever the chunk size.
+* Statistics that are summed are accumulated in float64. For integer pixels
+  in float32 mode the per-block sums are computed by a float32 GEMM whose
+  every partial sum is an integer below 2**24 (``block_rows <= 65536`` and
+  values <= 255), hence exact; across blocks and chunks they are added in
+  float64, exact too. Sums of integer data therefore do not depend on the
+  order of the reduction.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+#: Largest block for which float32 sums of uint8 values are exact (255 * 65793 < 2**24).
+MAX_EXACT_BLOCK_ROWS = 65536
+
+
+# --------------------------------------------------------------------------- #
+# Data summary: computed once per fit (tolerance, sum of squared norms, checks)
+# --------------------------------------------------------------------------- #
+class DataSummary(NamedTuple):
+    """Statistics of the data that do not change between iterations.
+
+    Attributes
+    ----------
+    n : int
+        Number of rows.
+    mean : ndarray of shape (d,)
+        Per-feature mean (unweighted, as scikit-learn's tolerance uses).
+    m2 : ndarray of shape (d,)
+        Per-feature sum of squared deviations from ``mean``.
+    weight_sum : float
+        Sum of the sample weights.
+    weighted_sq_norm : float
+        ``sum_i w_i ||x_i||^2``: with it, inertia needs only ``min_j (||c_j||^2 - 2 x.c_j)``.
+    n_nonfinite : int
+        Number of NaN or infinite values (0 for integer data).
+    """
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+    weight_sum: float
+    weighted_sq_norm: float
+    n_nonfinite: int
+
+
+def summarize_chunk(X, weights=None):
+    """Summary statistics of one chunk, see :class:`DataSummary`."""
+    n, d = X.shape
+    if n == 0:
+        zeros = np.zeros(d)
+        return DataSummary(0, zeros, zeros.copy(), 0.0, 0.0, 0)
+    n_nonfinite = 0
+    if X.dtype.kind == "f":
+        n_nonfinite = int(X.size - np.count_nonzero(np.isfinite(X)))
+    X64 = X.astype(np.float64, copy=False)
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite data is counted, then refused
+        mean = X64.mean(axis=0)
+        m2 = ((X64 - mean) ** 2).sum(axis=0)
+        sq_norms = np.einsum("ij,ij->i", X64, X64)
+    if weights is None:
+        weight_sum, weighted_sq_norm = float(n), float(sq_norms.sum())
+    else:
+        weight_sum, weighted_sq_norm = float(weights.sum()), float(sq_norms @ weights)
+    return DataSummary(n, mean, m2, weight_sum, weighted_sq_norm, n_nonfinite)
+
+
+def merge_summaries(*parts):
+    """Combine chunk summaries (Chan et al.'s parallel variance update)."""
+    total = parts[0]
+    for part in parts[1:]:
+        n = total.n + part.n
+        if part.n == 0:
+            continue
+        if total.n == 0:
+            total = part
+            continue
+        delta = part.mean - total.mean
+        mean = total.mean + delta * (part.n / n)
+        m2 = total.m2 + part.m2 + delta**2 * (total.n * part.n / n)
+        total = DataSummary(
+            n,
+            mean,
+            m2,
+            total.weight_sum + part.weight_sum,
+            total.weighted_sq_norm + part.weighted_sq_norm,
+            total.n_nonfinite + part.n_nonfinite,
+        )
+    return total
+
+
+# --------------------------------------------------------------------------- #
+# Assignment and the partial statistics of one Lloyd iteration
+# --------------------------------------------------------------------------- #
+class PartialStats(NamedTuple):
+    """What a chunk contributes to one Lloyd iteration.
+
+    Attributes
+    ----------
+    sums : ndarray of shape (k, d), float64
+        Per-cluster (weighted) sums of the rows assigned to each cluster.
+    weights : ndarray of shape (k,), float64
+        Per-cluster sums of sample weights (counts when unweighted).
+    score : float
+        ``sum_i w_i * min_j (0.5 ||c_j||^2 - x_i.c_j)``. The inertia is
+        ``weighted_sq_norm + 2 * score`` (see :class:`DataSummary`).
+    """
+
+    sums: np.ndarray
+    weights: np.ndarray
+    score: float
+
+
+def _blocks(n, block_rows):
+    for start in range(0, n, block_rows):
+        yield slice(start, min(start + block_rows, n))
+
+
+def _assign_block(Xb, centers, half_sq_norms):
+    """Labels and ``min_j (0.5||c_j||^2 - x.c_j)`` for a block already in the compute dtype.
+
+    ``||x||^2`` does not change the argmin, so it is never computed here.
+    """
+    scores = Xb @ centers.T
+    np.subtract(half_sq_norms, scores, out=scores)
+    labels = scores.argmin(axis=1)
+    best = np.take_along_axis(scores, labels[:, None], axis=1)[:, 0]
+    return labels.astype(np.int32, copy=False), best
+
+
+def _one_hot(labels, k, dtype, weights=None):
+    onehot = np.zeros((k, labels.shape[0]), dtype=dtype)
+    onehot[labels, np.arange(labels.shape[0])] = 1 if weights is None else weights
+    return onehot
+
+
+def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=8192):
+    """Partial sums, weights and score of one chunk for one Lloyd iteration.
+
+    Parameters
+    ----------
+    X : ndarray of shape (m, d)
+        One chunk of rows (any real dtype). Not modified.
+    centers : ndarray of shape (k, d)
+        Current centers, in the compute dtype (float32 or float64).
+    half_sq_norms : ndarray of shape (k,)
+        ``0.5 * (centers**2).sum(axis=1)`` in the compute dtype.
+    weights : ndarray of shape (m,), optional
+        Sample weights of the rows; ``None`` means all ones.
+    block_rows : int
+        Rows processed at a time; bounds the temporaries.
+
+    Returns
+    -------
+    PartialStats
+    """
+    k, d = centers.shape
+    dtype = centers.dtype
+    sums = np.zeros((k, d), dtype=np.float64)
+    cluster_weights = np.zeros(k, dtype=np.float64)
+    score = 0.0
+    exact_int = weights is None and X.dtype.kind in "ub" and dtype == np.float32
+    block_rows = min(block_rows, MAX_EXACT_BLOCK_ROWS) if exact_int else block_rows
+    for rows in _blocks(X.shape[0], block_rows):
+        Xb = X[rows].astype(dtype, copy=False)
+        labels, best = _assign_block(Xb, centers, half_sq_norms)
+        if weights is None:
+            cluster_weights += np.bincount(labels, minlength=k)
+            score += float(best.sum(dtype=np.float64))
+            # Exact for integer pixels in float32 (see module notes); float64 otherwise.
+            sums += _one_hot(labels, k, dtype) @ Xb
+        else:
+            wb = np.asarray(weights[rows], dtype=np.float64)
+            cluster_weights += np.bincount(labels, weights=wb, minlength=k)
+            score += float(best.astype(np.float64) @ wb)
+            sums += _one_hot(labels, k, np.float64, wb) @ Xb.astype(np.float64, copy=False)
+    return PartialStats(sums, cluster_weights, score)
+
+
+def merge_partial_stats(*parts):
+    """Add up :class:`PartialStats` (a combine step of the tree reduction)."""
+    sums = parts[0].sums.copy()
+    weights = parts[0].weights.copy()
+    score = parts[0].score
+    for part in parts[1:]:
+        sums += part.sums
+        weights += part.weights
+        score += part.score
+    return PartialStats(sums, weights, score)
+
+
+def assign_labels(X, centers, half_sq_norms, *, block_rows=8192):
+    """Index of the nearest center for every row of a chunk (int32)."""
+    labels = np.empty(X.shape[0], dtype=np.int32)
+    for rows in _blocks(X.shape[0], block_rows):
+        labels[rows] = _assign_block(X[rows].astype(centers.dtype, copy=False), centers, half_sq_norms)[0]
+    return labels
+
+
+def squared_distances(X, centers, *, block_rows=8192):
+    """Squared euclidean distances of every row to every center, (m, k) in the centers' dtype.
+
+    Computed as ``(x - c)**2`` summed, not through the GEMM expansion, so the
+    values are accurate even in float32.
+    """
+    out = np.empty((X.shape[0], centers.shape[0]), dtype=centers.dtype)
+    for rows in _blocks(X.shape[0], block_rows):
+        Xb = X[rows].astype(centers.dtype, copy=False)
+        for j, c in enumerate(centers):
+            diff = Xb - c
+            out[rows, j] = np.einsum("ij,ij->i", diff, diff)
+    return out
+
+
+class FinalStats(NamedTuple):
+    """Inertia and cluster sizes of a chunk under fixed centers.
+
+    Attributes
+    ----------
+    inertia : float
+        ``sum_i w_i ||x_i - c_{label_i}||^2`` computed from the differences.
+    sizes : ndarray of shape (k,), int64
+        Number of rows assigned to each cluster.
+    weights : ndarray of shape (k,), float64
+        Sum of sample weights per cluster.
+    """
+
+    inertia: float
+    sizes: np.ndarray
+    weights: np.ndarray
+
+
+def final_stats(X, centers, half_sq_norms, weights=None, *, block_rows=8192):
+    """Labels of a chunk with its exact inertia and cluster sizes.
+
+    Returns
+    -------
+    labels : ndarray of shape (m,), int32
+    stats : FinalStats
+    """
+    k = centers.shape[0]
+    labels = np.empty(X.shape[0], dtype=np.int32)
+    inertia = 0.0
+    for rows in _blocks(X.shape[0], block_rows):
+        Xb = X[rows].astype(centers.dtype, copy=False)
+        labels[rows] = lb = _assign_block(Xb, centers, half_sq_norms)[0]
+        diff = Xb - centers[lb]
+        dist = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
+        inertia += float(dist.sum() if weights is None else dist @ np.asarray(weights[rows], np.float64))
+    sizes = np.bincount(labels, minlength=k).astype(np.int64)
+    cluster_weights = (
+        sizes.astype(np.float64)
+        if weights is None
+        else np.bincount(labels, weights=np.asarray(weights, np.float64), minlength=k)
+    )
+    return labels, FinalStats(inertia, sizes, cluster_weights)
+
+
+def merge_final_stats(*parts):
+    """Add up :class:`FinalStats`."""
+    return FinalStats(
+        sum(p.inertia for p in parts),
+        np.sum([p.sizes for p in parts], axis=0),
+        np.sum([p.weights for p in parts], axis=0),
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Empty clusters: the points farthest from their centers, then sklearn's relocation
+# --------------------------------------------------------------------------- #
+class FarPoints(NamedTuple):
+    """The rows of a chunk farthest from their assigned center, farthest first.
+
+    Ties are broken by the lower global row index, so the result does not
+    depend on how rows are split into chunks.
+    """
+
+    distances: np.ndarray  # (m,) float64
+    index: np.ndarray  # (m,) int64, global row index
+    rows: np.ndarray  # (m, d) float64
+    weights: np.ndarray  # (m,) float64
+    labels: np.ndarray  # (m,) int32
+
+
+def farthest_points(X, centers, half_sq_norms, weights=None, *, n_points, row_offset, block_rows=8192):
+    """The ``n_points`` rows of a chunk farthest from their nearest center.
+
+    Used only when a cluster went empty, mirroring scikit-learn's
+    ``_relocate_empty_clusters_dense``, which looks at the distance of every
+    point to the center it was assigned to in this iteration.
+    """
+    labels = assign_labels(X, centers, half_sq_norms, block_rows=block_rows)
+    dist = np.empty(X.shape[0], dtype=np.float64)
+    for rows in _blocks(X.shape[0], block_rows):
+        diff = X[rows].astype(centers.dtype, copy=False) - centers[labels[rows]]
+        dist[rows] = np.einsum("ij,ij->i", diff, diff)
+    index = np.arange(row_offset, row_offset + X.shape[0], dtype=np.int64)
+    top = _farthest_first(dist, index)[:n_points]
+    w = np.ones(top.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)[top]
+    return FarPoints(dist[top], index[top], X[top].astype(np.float64), w, labels[top])
+
+
+def _farthest_first(distances, index):
+    return np.lexsort((index, -distances))
+
+
+def merge_farthest_points(*parts, n_points):
+    """Keep the ``n_points`` farthest of several :class:`FarPoints`."""
+    merged = FarPoints(*(np.concatenate(arrays) for arrays in zip(*parts)))
+    top = _farthest_first(merged.distances, merged.index)[:n_points]
+    return FarPoints(*(a[top] for a in merged))
+
+
+def relocate_empty_clusters(sums, cluster_weights, far):
+    """Move each empty cluster onto one of the farthest points, in place.
+
+    Same rule as scikit-learn's ``_relocate_empty_clusters_dense``: the
+    point leaves its old cluster's sums and becomes the empty cluster's only
+    member. ``far`` holds at least as many points as there are empty
+    clusters, farthest first.
+
+    Returns
+    -------
+    ndarray of int
+        The indices of the clusters that were empty.
+    """
+    empty = np.flatnonzero(cluster_weights == 0)
+    for cluster, x, w, old in zip(empty, far.rows, far.weights, far.labels):
+        sums[old] -= x * w
+        sums[cluster] = x * w
+        cluster_weights[cluster] = w
+        cluster_weights[old] -= w
+    return empty
+
+
+def update_centers(sums, cluster_weights, old_centers):
+    """New centers: sums divided by weights; a cluster of zero weight keeps its center."""
+    centers = old_centers.astype(np.float64, copy=True)
+    nonempty = cluster_weights > 0
+    centers[nonempty] = sums[nonempty] / cluster_weights[nonempty, None]
+    return centers

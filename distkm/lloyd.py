@@ -1,0 +1,172 @@
+"""Map-reduce Lloyd iterations on a dask array: the orchestration around :mod:`distkm.kernels`.
+
+One iteration is one pass over the data: every chunk, on the worker that
+reads it, turns the current centers into partial per-cluster sums, weights
+and a score (:func:`distkm.kernels.partial_stats`); a fixed tree adds the
+partials up (:func:`distkm.graph.map_reduce`); the client divides, relocates
+empty clusters and checks convergence. Only the k x d partials ever travel.
+
+The stopping rule is scikit-learn's: stop when the squared center shift
+``sum((c_new - c_old)**2) <= tol``, with ``tol`` scaled by the mean feature
+variance; unchanged labels give a zero shift, so scikit-learn's "strict
+convergence" stops at the same iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import partial
+
+import dask
+import dask.array as da
+import numpy as np
+
+from . import kernels
+from .graph import map_reduce, row_offsets
+
+logger = logging.getLogger("distkm")
+
+
+@dataclass
+class LloydResult:
+    """Outcome of :func:`lloyd`.
+
+    Attributes
+    ----------
+    centers : ndarray of shape (k, d), float64
+    n_iter : int
+        Iterations run (as scikit-learn's ``n_iter_``).
+    converged : bool
+        Whether the tolerance was reached before ``max_iter``.
+    history : list of dict
+        Per iteration: ``iteration``, ``inertia`` (of the assignment to the
+        centers the iteration started from), ``center_shift`` (squared, as
+        compared with ``tol``) and ``relocated`` (clusters that were empty).
+    """
+
+    centers: np.ndarray
+    n_iter: int
+    converged: bool
+    history: list = field(default_factory=list)
+
+
+def prepare_centers(centers, dtype):
+    """Centers in the compute dtype with ``0.5 * ||c||^2``, computed once per iteration."""
+    c = np.ascontiguousarray(centers, dtype=dtype)
+    # From the cast centers, so that every pass using the same centers assigns alike.
+    half_sq_norms = (0.5 * np.einsum("ij,ij->i", c, c, dtype=np.float64)).astype(dtype)
+    return c, half_sq_norms
+
+
+def summarize(x, weights=None, *, split_every=8):
+    """The :class:`~distkm.kernels.DataSummary` of the data (one pass)."""
+    job = map_reduce(x, kernels.summarize_chunk, kernels.merge_summaries, name="summary",
+                     weights=weights, split_every=split_every)
+    return dask.compute(job)[0]
+
+
+def tolerance(summary, tol):
+    """Absolute tolerance from the relative ``tol``, as scikit-learn's ``_tolerance``."""
+    if tol == 0:
+        return 0.0
+    return float(np.mean(summary.m2 / summary.n) * tol)
+
+
+def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_every=8, block_rows=8192,
+          callback=None):
+    """Run Lloyd iterations from ``centers`` until the tolerance or ``max_iter``.
+
+    Parameters
+    ----------
+    x : dask.array.Array of shape (n, d)
+        Row-chunked data; read once per iteration.
+    centers : ndarray of shape (k, d)
+        Initial centers.
+    summary : DataSummary
+        From :func:`summarize` (gives the inertia without per-row norms).
+    max_iter : int
+    tol : float
+        Absolute tolerance on the squared center shift (see :func:`tolerance`).
+    dtype : numpy dtype
+        Compute dtype of the distances (float32 or float64).
+    weights : dask.array.Array of shape (n,), optional
+    split_every : int
+        Fan-in of the reduction tree.
+    block_rows : int
+        Rows per block inside the kernel.
+    callback : callable, optional
+        Called with each iteration's history record.
+
+    Returns
+    -------
+    LloydResult
+    """
+    centers = np.array(centers, dtype=np.float64)
+    chunk = partial(kernels.partial_stats, block_rows=block_rows)
+    history = []
+    converged = False
+    for iteration in range(1, max_iter + 1):
+        c, half = prepare_centers(centers, dtype)
+        job = map_reduce(x, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
+                         weights=weights, split_every=split_every)
+        stats = dask.compute(job)[0]
+        sums, cluster_weights = stats.sums, stats.weights
+        inertia = summary.weighted_sq_norm + 2.0 * stats.score
+        relocated = []
+        n_empty = int(np.count_nonzero(cluster_weights == 0))
+        if n_empty:
+            far = farthest_points(x, c, half, n_empty, weights=weights, split_every=split_every, block_rows=block_rows)
+            relocated = kernels.relocate_empty_clusters(sums, cluster_weights, far).tolist()
+            logger.info("iteration %d: %d empty cluster(s) %s moved to the farthest points", iteration, n_empty, relocated)
+        new_centers = kernels.update_centers(sums, cluster_weights, centers)
+        shift = float(((new_centers - centers) ** 2).sum())
+        centers = new_centers
+        record = {"iteration": iteration, "inertia": float(inertia), "center_shift": shift, "relocated": relocated}
+        history.append(record)
+        if callback is not None:
+            callback(record)
+        if shift <= tol:
+            converged = True
+            break
+    return LloydResult(centers, iteration, converged, history)
+
+
+def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_every=8, block_rows=8192):
+    """The ``n_points`` rows farthest from their nearest center (one pass; used for empty clusters)."""
+    offsets = row_offsets(x)
+    chunk = partial(kernels.farthest_points, n_points=n_points, block_rows=block_rows)
+    job = map_reduce(x, chunk, partial(kernels.merge_farthest_points, n_points=n_points), name="farthest-points",
+                     constants=(centers, half_sq_norms), weights=weights, split_every=split_every,
+                     per_chunk=lambda i: {"row_offset": int(offsets[i])})
+    return dask.compute(job)[0]
+
+
+def final_stats(x, centers, dtype, *, weights=None, split_every=8, block_rows=8192):
+    """Exact inertia and cluster sizes of the data under fixed centers (one pass)."""
+    c, half = prepare_centers(centers, dtype)
+    job = map_reduce(x, partial(_final_stats_only, block_rows=block_rows), kernels.merge_final_stats,
+                     name="final-stats", constants=(c, half), weights=weights, split_every=split_every)
+    return dask.compute(job)[0]
+
+
+def _final_stats_only(X, centers, half_sq_norms, weights=None, *, block_rows):
+    return kernels.final_stats(X, centers, half_sq_norms, weights, block_rows=block_rows)[1]
+
+
+def assign_lazy(x, centers, dtype, *, block_rows=8192):
+    """Lazy labels of every row: a dask array chunked like ``x``'s rows (tasks ``distkm-labels``)."""
+    c, half = prepare_centers(centers, dtype)
+    token = dask.base.tokenize(x, c, block_rows)
+    return x.map_blocks(kernels.assign_labels, dask.delayed(c), dask.delayed(half), block_rows=block_rows,
+                        drop_axis=1, dtype=np.int32, name=f"distkm-labels-{token}", meta=np.empty((0,), np.int32))
+
+
+def distances_lazy(x, centers, dtype, *, block_rows=8192):
+    """Lazy euclidean distances of every row to every center, (n, k) (tasks ``distkm-distances``)."""
+    c = np.ascontiguousarray(centers, dtype=dtype)
+    token = dask.base.tokenize(x, c, block_rows)
+    sq = x.map_blocks(kernels.squared_distances, dask.delayed(c), block_rows=block_rows,
+                      chunks=(x.chunks[0], (c.shape[0],)), dtype=c.dtype, name=f"distkm-distances-{token}",
+                      meta=np.empty((0, 0), c.dtype))
+    return da.sqrt(sq)

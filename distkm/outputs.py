@@ -1,0 +1,80 @@
+"""Outputs that appear whole or not at all.
+
+Everything distkm writes (an ingested store, a run folder, a labels array)
+is built in a hidden temporary folder next to its destination and renamed
+into place only once complete, so a crash, a Ctrl-C or a failed write never
+leaves a half-written output that a later command could mistake for a good
+one. With ``overwrite``, the old output is replaced only after the new one
+is complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def check_output_path(path, *, overwrite=False):
+    """Fail early, before any work, if ``path`` cannot be written.
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is false.
+    PermissionError
+        The folder that would hold ``path`` cannot be written.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
+    parent = _existing_ancestor(path.parent)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write output {str(path)!r}: folder {str(parent)!r} is not writable")
+
+
+def _existing_ancestor(path):
+    path = path.absolute()
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+@contextmanager
+def atomic_output(path, *, overwrite=False):
+    """Context manager yielding a temporary folder that becomes ``path`` on success.
+
+    Parameters
+    ----------
+    path : str or Path
+        Final location (a folder: zarr stores and run folders are folders).
+    overwrite : bool
+        Replace an existing ``path`` once the new output is complete.
+
+    Yields
+    ------
+    Path
+        The temporary folder to write into. It is removed if the block raises.
+    """
+    path = Path(path)
+    check_output_path(path, overwrite=overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes 0o700; outputs are meant to be shared
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        if not overwrite:  # appeared while we worked: never clobber it silently
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"output {str(path)!r} appeared while writing; nothing was replaced")
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / path.name)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, path)

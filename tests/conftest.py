@@ -1,0 +1,70 @@
+"""Shared fixtures: real MNIST stores on disk and a real multi-process LocalCluster.
+
+No mocks: every test reads zarr stores written by distkm's own ingest and
+computes on a `distributed` cluster of worker processes (or on dask's
+synchronous scheduler where a test compares schedulers).
+"""
+
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+from distkm.data import ingest_idx, open_store
+
+MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_store(tmp_path_factory):
+    """MNIST train + test (70,000 rows) ingested into a zarr store, chunks of 10,000 rows."""
+    path = tmp_path_factory.mktemp("data") / "mnist.zarr"
+    ingest_idx("mnist", path, source=MNIST_DIR)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_test_store(tmp_path_factory, mnist_store):
+    """MNIST test (10,000 rows) alone, in chunks of 1,000 rows: ten tasks per pass."""
+    x, y = (open_store(mnist_store, split="test").images.compute(),
+            open_store(mnist_store, split="test").labels.compute())
+    path = tmp_path_factory.mktemp("data") / "mnist-test.zarr"
+    from distkm.data import write_store
+
+    write_store(path, x, y, {"splits": {"test": [0, len(x)]}}, chunk_rows=1000)
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist_test(mnist_test_store):
+    """MNIST test images (10000, 784) uint8 and labels, in memory, for reference computations."""
+    store = open_store(mnist_test_store)
+    return store.images.compute(), store.labels.compute()
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A LocalCluster of 2 worker processes x 1 thread on 127.0.0.1."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def client(cluster):
+    """A client of the session's LocalCluster, the default scheduler for the test."""
+    with Client(cluster) as client:
+        yield client
+
+
+@pytest.fixture
+def sync_scheduler():
+    with dask.config.set(scheduler="sync"):
+        yield
+
+
+def random_rows(x, k, seed=0):
+    """k distinct rows of x chosen with a seed, as float64: a shared initialisation."""
+    return np.asarray(x[np.random.RandomState(seed).choice(len(x), k, replace=False)], dtype=np.float64)
