@@ -1,0 +1,60 @@
+"""distkm fit on MNIST 70k, k=10, against scikit-learn KMeans in memory, measured in one run.
+
+Run by hand (never in the test suite):  .venv/bin/python benchmarks/mnist_fit.py
+It ingests data/mnist.zarr if missing, then times the whole `distkm fit` command
+(process start, LocalCluster start, fit, labels and results written) and a
+scikit-learn fit of the same rows in memory, each in its own process, with the
+peak RSS summed over every process each one started.
+"""
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _measure import run_measured
+
+ROOT = Path(__file__).resolve().parents[1]
+DISTKM = str(Path(sys.executable).with_name("distkm"))
+STORE = ROOT / "data" / "mnist.zarr"
+
+SKLEARN = """
+import json, sys, time, numpy as np, zarr
+from sklearn.cluster import KMeans
+X = zarr.open_array(sys.argv[1] + "/images", mode="r")[...].astype(sys.argv[2])
+t = time.perf_counter(); m = KMeans(10, random_state=0).fit(X); s = time.perf_counter() - t
+print(json.dumps({"fit_seconds": s, "n_iter": int(m.n_iter_), "inertia": float(m.inertia_)}))
+"""
+
+
+def main():
+    if not STORE.exists():
+        subprocess.run([DISTKM, "ingest", "mnist", "--out", str(STORE)], check=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in ("float32", "float64"):
+            out = Path(tmp) / f"run-{dtype}"
+            seconds, peak, _ = run_measured([DISTKM, "fit", str(STORE), "--k", "10", "--seed", "0", "--quiet",
+                                             "--dtype", dtype, "--out", str(out)])
+            meta = json.loads((out / "model.json").read_text())
+            fit = meta["timings"]["fit_seconds"]
+            rows.append(("distkm fit (2 workers x 1 thread)", dtype, seconds, fit, meta["n_iter"],
+                         fit / meta["n_iter"], peak, meta["inertia"]))
+            seconds, peak, out_text = run_measured([sys.executable, "-c", SKLEARN, str(STORE), dtype])
+            ref = json.loads(out_text.strip().splitlines()[-1])
+            rows.append(("sklearn KMeans in memory", dtype, seconds, ref["fit_seconds"], ref["n_iter"],
+                         ref["fit_seconds"] / ref["n_iter"], peak, ref["inertia"]))
+    header = f"{'what':36s} {'dtype':8s} {'command s':>9s} {'fit s':>7s} {'iters':>5s} {'s/iter':>7s} {'peak RSS':>9s} {'inertia':>12s}"
+    print(header)
+    print("-" * len(header))
+    for name, dtype, cmd, fit, n_iter, per_iter, peak, inertia in rows:
+        print(f"{name:36s} {dtype:8s} {cmd:9.2f} {fit:7.2f} {n_iter:5d} {per_iter:7.3f} {peak / 2**20:7.0f}MiB {inertia:12.5g}")
+    for dtype in ("float32", "float64"):
+        ours, ref = [r for r in rows if r[1] == dtype]
+        print(f"{dtype}: per-iteration ratio distkm/sklearn = {ours[5] / ref[5]:.2f}, "
+              f"peak RSS ratio = {ours[6] / ref[6]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

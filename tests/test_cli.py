@@ -1,0 +1,157 @@
+"""The `distkm` command end to end: real subprocesses, real stores, real LocalClusters."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import dask
+import numpy as np
+import pytest
+import zarr
+
+from distkm import KMeans
+from distkm.cli import main
+from distkm.model import load_model
+
+from .conftest import random_rows
+
+
+def run(*args, check=True):
+    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "distkm"), *map(str, args)],
+                            capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory, mnist_test_store):
+    out = tmp_path_factory.mktemp("runs") / "k10"
+    result = run("fit", mnist_test_store, "--k", 10, "--out", out, "--seed", 0, "--max-iter", 12, "--n-workers", 2)
+    return out, result
+
+
+def test_fit_writes_a_complete_run_folder(fitted_run, mnist_test_store):
+    out, result = fitted_run
+    assert sorted(p.name for p in out.iterdir()) == ["centroids.zarr", "labels.zarr", "model.json"]
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["params"] == {"n_clusters": 10, "init": "k-means++", "n_init": "auto", "max_iter": 12,
+                              "tol": 1e-4, "random_state": 0, "dtype": "float32"}
+    assert meta["data"]["path"] == str(mnist_test_store.resolve()) and meta["data"]["n_samples"] == 10000
+    assert meta["n_iter"] == len(meta["history"]) <= 12
+    assert sum(meta["cluster_sizes"]) == 10000
+    assert set(meta["versions"]) >= {"dask", "distributed", "numpy", "zarr", "scikit-learn", "distkm"}
+    # The same seed through the Python API gives the same bits.
+    with dask.config.set(scheduler="sync"):
+        api = KMeans(10, random_state=0, max_iter=12).fit(mnist_test_store)
+    centers = zarr.open_array(out / "centroids.zarr", mode="r")[...]
+    assert centers.tobytes() == api.cluster_centers_.tobytes()
+    assert meta["inertia"] == api.inertia_
+    labels = zarr.open_array(out / "labels.zarr", mode="r")[...]
+    np.testing.assert_array_equal(labels, api.labels_.compute())
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), meta["cluster_sizes"])
+    assert "Iteration 1, inertia" in result.stdout and f"results in {out}" in result.stdout
+
+
+def test_predict_assigns_new_data_out_of_core(fitted_run, mnist_store, tmp_path):
+    out, _ = fitted_run
+    target = tmp_path / "labels.zarr"
+    run("predict", out, mnist_store, "--split", "train", "--out", target, "--n-workers", 2)
+    labels = zarr.open_array(target, mode="r")
+    assert labels.shape == (60000,) and labels.dtype == np.int32
+    model, _ = load_model(out)
+    train = zarr.open_array(mnist_store / "images", mode="r")[:60000]
+    with dask.config.set(scheduler="sync"):
+        np.testing.assert_array_equal(labels[...], model.predict(train))
+
+
+def test_model_loads_without_pickle_and_refuses_tampering(fitted_run, tmp_path):
+    import shutil
+
+    out, _ = fitted_run
+    model, meta = load_model(out)
+    assert model.cluster_centers_.shape == (10, 784) and model.n_iter_ == meta["n_iter"]
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    zarr.create_array(bad / "centroids.zarr", shape=(9, 784), dtype="f4", overwrite=True)
+    with pytest.raises(ValueError, match=r"shape \(9, 784\), but model.json says \(10, 784\)"):
+        load_model(bad)
+    shutil.rmtree(bad / "centroids.zarr")
+    with pytest.raises(FileNotFoundError, match="no centroids.zarr"):
+        load_model(bad)
+    (bad / "model.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_model(bad)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bad_stores(tmp_path):
+    zarr.open_group(tmp_path / "noimages.zarr", mode="w").create_array("pixels", shape=(4, 2), dtype="u1")
+    zarr.open_group(tmp_path / "3d.zarr", mode="w").create_array("images", shape=(4, 2, 2), dtype="u1")
+    nan = zarr.open_group(tmp_path / "nan.zarr", mode="w").create_array("images", shape=(20, 3), dtype="f4")
+    values = np.arange(60, dtype="f4").reshape(20, 3)
+    values[7, 1] = np.nan
+    nan[:] = values
+    np.save(tmp_path / "init-wrong.npy", np.zeros((3, 784)))
+    (tmp_path / "existing").mkdir()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["fit", "{tmp}/missing.zarr", "--k", "3"], "no zarr store at"),
+    (["fit", "{tmp}/noimages.zarr", "--k", "3"], "has no 'images' array (it holds: pixels)"),
+    (["fit", "{tmp}/3d.zarr", "--k", "3"], "must be 2-D (n_samples, n_features), got shape (4, 2, 2)"),
+    (["fit", "{tmp}/nan.zarr", "--k", "3", "--n-workers", "1"], "X contains 1 NaN or infinite value(s)"),
+    (["fit", "{store}", "--k", "0"], "'n_clusters' parameter of KMeans must be an int in the range [1, inf)"),
+    (["fit", "{store}", "--k", "10001"], "n_samples=10000 should be >= n_clusters=10001."),
+    (["fit", "{store}", "--k", "10", "--init", "{tmp}/init-wrong.npy"], "init array has shape (3, 784), expected"),
+    (["fit", "{store}", "--k", "10", "--max-iter", "0"], "'max_iter' parameter"),
+    (["fit", "{store}", "--k", "3", "--scheduler", "tcp://127.0.0.1:{port}"], "cannot reach the Dask scheduler at"),
+    (["fit", "{store}", "--k", "3", "--out", "{tmp}/existing"], "already exists; pass --overwrite"),
+    (["predict", "{tmp}/existing", "{store}"], "is not a distkm run folder"),
+    (["ingest", "mnist", "--source", "{tmp}"], "mnist IDX files not found (looked in"),
+])
+def test_bad_input_one_line_error_nonzero_exit_nothing_written(tmp_path, capsys, mnist_test_store, args, message):
+    bad_stores(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    fmt = {"tmp": tmp_path, "store": mnist_test_store, "port": free_port()}
+    argv = [a.format(**fmt) for a in args]
+    if "--out" not in argv:
+        argv += ["--out", str(tmp_path / "out")]
+    with dask.config.set({"distkm.scheduler-timeout": "3s"}):
+        code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert err.count("\n") == 1 and err.startswith("distkm: error: "), err
+    assert message in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing left behind
+
+
+def test_overwrite_replaces_the_run_once_complete(tmp_path, mnist_test_store, mnist_test):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old-file").write_text("old")
+    np.save(tmp_path / "init.npy", random_rows(mnist_test[0], 4))
+    with dask.config.set({"distkm.local-cluster.n-workers": 1}):
+        assert main(["fit", str(mnist_test_store), "--k", "4", "--out", str(out), "--overwrite", "--quiet",
+                     "--init", str(tmp_path / "init.npy"), "--max-iter", "3"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["centroids.zarr", "labels.zarr", "model.json"]
+    assert json.loads((out / "model.json").read_text())["params"]["init"] == "array"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["init.npy", "run"]
+
+
+def test_ingest_command(tmp_path):
+    from .conftest import MNIST_DIR
+
+    result = run("ingest", "mnist", "--source", MNIST_DIR, "--out", tmp_path / "m.zarr", "--chunk-rows", 30000)
+    assert "train 60,000, test 10,000 rows" in result.stdout
+    assert zarr.open_array(tmp_path / "m.zarr" / "images", mode="r").chunks == (30000, 784)
+    again = run("ingest", "mnist", "--source", MNIST_DIR, "--out", tmp_path / "m.zarr", check=False)
+    assert again.returncode == 1 and "already exists; pass --overwrite" in again.stderr
