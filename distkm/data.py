@@ -321,6 +321,8 @@ def _zarr_to_dask(z, where):
 
 def _check_dtype(dtype, where):
     dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise ValueError(f"Complex data not supported: {where} has dtype {dtype}")
     if dtype.kind not in "uif":
         raise TypeError(f"{where} must hold real numbers (uint8, integer or float), got dtype {dtype}")
 
@@ -350,13 +352,20 @@ def as_dask_array(X, *, name="X"):
             raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}")
         _check_dtype(X.dtype, name)
         return _full_rows(X)
+    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError(f"Sparse data is not supported: {name} must be dense (use X.toarray() for small data)")
     try:
         X = np.asarray(X)
-    except Exception as e:
-        raise TypeError(f"{name} must be an array (numpy, dask, zarr) or a zarr store path, got {type(X).__name__}") from e
+        if X.dtype.kind == "O":  # numbers held as Python objects: convert, or say which value is not one
+            X = X.astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must hold real numbers: {e}") from e
     if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}")
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}. Reshape your data "
+                         "with X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample.")
     _check_dtype(X.dtype, name)
+    if X.dtype.kind == "f" and not np.isfinite(X).all():  # in memory already: checking costs little
+        raise ValueError(f"{name} contains NaN or infinite values; k-means needs finite data")
     return da.from_array(X, chunks=(config.get("chunk-rows"), -1))
 
 

@@ -271,7 +271,7 @@ def _check_sample_weight(sample_weight, x):
     w = da.asarray(w).rechunk((x.chunks[0],))
     finite, negative, total = da.compute(da.isfinite(w).all(), (w < 0).any(), w.sum())
     if not finite or negative or total <= 0:
-        raise ValueError("sample_weight must be finite and non-negative, with a positive sum")
+        raise ValueError("sample_weight must be finite and non-negative, with at least one non-zero weight")
     return w
 
 

@@ -55,6 +55,18 @@ def test_fit_writes_a_complete_run_folder(fitted_run, mnist_test_store):
     assert "Iteration 1, inertia" in result.stdout and f"results in {out}" in result.stdout
 
 
+def test_fit_on_an_existing_scheduler_gives_the_same_bits(fitted_run, cluster, mnist_test_store, tmp_path):
+    out, _ = fitted_run
+    result = run("fit", mnist_test_store, "--k", 10, "--out", tmp_path / "remote", "--seed", 0, "--max-iter", 12,
+                 "--scheduler", cluster.scheduler_address)
+    assert f"on {mnist_test_store}" in result.stdout and "2 workers" in result.stdout
+    remote = zarr.open_array(tmp_path / "remote" / "centroids.zarr", mode="r")[...]
+    assert remote.tobytes() == zarr.open_array(out / "centroids.zarr", mode="r")[...].tobytes()
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "remote" / "labels.zarr", mode="r")[...],
+                                  zarr.open_array(out / "labels.zarr", mode="r")[...])
+    assert len(cluster.scheduler_info["workers"]) == 2  # the command closed only its client
+
+
 def test_predict_assigns_new_data_out_of_core(fitted_run, mnist_store, tmp_path):
     out, _ = fitted_run
     target = tmp_path / "labels.zarr"
