@@ -125,6 +125,29 @@ def _parse_n_init(value):
 
 
 # --------------------------------------------------------------------------- #
+# distkm augment
+# --------------------------------------------------------------------------- #
+def _augment(args):
+    from .augment import augment_store
+    from .cluster import dask_client
+
+    shape = tuple(int(v) for v in args.image_shape.lower().split("x")) if args.image_shape else None
+    with dask_client(args.scheduler, n_workers=args.n_workers, threads_per_worker=args.threads_per_worker,
+                     memory_limit=args.memory_limit) as client:
+        if not args.quiet:
+            print(f"generating {args.n:,} rows from {args.source} into {args.out}, dashboard {client.dashboard_link}",
+                  flush=True)
+        result = augment_store(args.source, args.out, args.n, seed=args.seed, split=args.split,
+                               chunk_rows=args.chunk_rows, compressor=args.compressor,
+                               originals=not args.no_originals, strength=args.strength, image_shape=shape,
+                               overwrite=args.overwrite, progress=not args.quiet)
+    resumed = f", resumed with {result['resumed_chunks']} chunks already written" if result["resumed_chunks"] else ""
+    print(f"wrote {args.out}: {result['rows']:,} rows in {result['seconds']:.1f} s "
+          f"({result['rows_written'] / result['seconds']:,.0f} rows/s{resumed}); "
+          f"{result['bytes_on_disk'] / 2**20:,.1f} MiB on disk, compression ratio {result['compression_ratio']:.2f}")
+
+
+# --------------------------------------------------------------------------- #
 # distkm predict
 # --------------------------------------------------------------------------- #
 def _predict(args):
@@ -194,6 +217,21 @@ def _parser():
     fit.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder once the new one is done")
     fit.set_defaults(func=_fit)
+
+    augment = sub.add_parser("augment", parents=[common, cluster],
+                             help="generate a bigger store by distorting a store's images, on the cluster")
+    augment.add_argument("source", help="distkm store to draw images from, e.g. data/mnist.zarr")
+    augment.add_argument("--n", type=int, required=True, help="rows of the new store (originals first)")
+    augment.add_argument("--out", required=True, help="store to create (generated at OUT.partial, resumable)")
+    augment.add_argument("--seed", type=int, default=0, help="chunk i depends only on (source, seed, i)")
+    augment.add_argument("--split", help="draw only from this split of the source (e.g. train)")
+    augment.add_argument("--chunk-rows", type=_positive_int, help="rows per chunk (default distkm.chunk-rows)")
+    augment.add_argument("--compressor", help="Blosc CNAME[:LEVEL[:SHUFFLE]], e.g. lz4:5 (default distkm.compressor)")
+    augment.add_argument("--strength", type=float, default=1.0, help="scales every distortion (0: copies)")
+    augment.add_argument("--no-originals", action="store_true", help="do not start with the source rows")
+    augment.add_argument("--image-shape", help="HxW or HxWxC of a row, if the source does not declare it")
+    augment.add_argument("--overwrite", action="store_true", help="replace an existing store once the new one is done")
+    augment.set_defaults(func=_augment)
 
     predict = sub.add_parser("predict", parents=[common, cluster], help="assign the rows of a store to a run's clusters")
     predict.add_argument("run", help="run folder written by distkm fit")

@@ -167,10 +167,34 @@ def _verify(folder, names, fallback):
     return str(listing), verified
 
 
-def blosc_compressor(settings=None):
-    """The Blosc codec from ``distkm.compressor`` (or ``settings``)."""
-    settings = settings or config.get("compressor")
-    return BloscCodec(cname=settings["cname"], clevel=int(settings["clevel"]), shuffle=settings["shuffle"])
+_BLOSC_CNAMES = ("lz4", "lz4hc", "zstd", "blosclz", "zlib")
+_BLOSC_SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
+
+
+def compressor_settings(spec=None):
+    """Blosc settings ``{"cname", "clevel", "shuffle"}`` from a spec like ``"zstd:1"`` or ``"lz4:5:bitshuffle"``.
+
+    ``None`` gives ``distkm.compressor``; a dict is checked and returned.
+    """
+    if spec is None:
+        spec = dict(config.get("compressor"))
+    if isinstance(spec, str):
+        parts = spec.split(":")
+        spec = {"cname": parts[0], "clevel": parts[1] if len(parts) > 1 else 5,
+                "shuffle": parts[2] if len(parts) > 2 else "noshuffle"}
+    try:
+        clevel = int(spec["clevel"])
+    except (KeyError, TypeError, ValueError):
+        clevel = -1
+    if spec.get("cname") not in _BLOSC_CNAMES or not 0 <= clevel <= 9 or spec.get("shuffle") not in _BLOSC_SHUFFLES:
+        raise ValueError(f"compressor {spec!r} is not valid: expected CNAME[:LEVEL[:SHUFFLE]] with CNAME in "
+                         f"{', '.join(_BLOSC_CNAMES)}, LEVEL 0-9, SHUFFLE in {', '.join(_BLOSC_SHUFFLES)} (e.g. zstd:1)")
+    return {"cname": spec["cname"], "clevel": clevel, "shuffle": spec["shuffle"]}
+
+
+def blosc_compressor(spec=None):
+    """The Blosc codec for ``spec`` (see :func:`compressor_settings`)."""
+    return BloscCodec(**compressor_settings(spec))
 
 
 def ingest_idx(dataset, out, *, source=None, chunk_rows=None, overwrite=False):
@@ -287,8 +311,9 @@ def open_store(path, *, split=None, array="images"):
     else:
         group_attrs = dict(node.attrs.get("distkm", {}))
         if group_attrs.get("complete") is False:
-            raise ValueError(f"store {str(path)!r} is incomplete (its writing was interrupted); "
-                             "write it again, or resume the command that was creating it")
+            how = (f"resume it with: {group_attrs['resume_command']}" if "resume_command" in group_attrs
+                   else "write it again")
+            raise ValueError(f"store {str(path)!r} is incomplete (its writing was interrupted); {how}")
         members = sorted(node.array_keys())
         if array not in members:
             raise ValueError(f"store {str(path)!r} has no {array!r} array (it holds: {', '.join(members) or 'nothing'})")

@@ -1,0 +1,241 @@
+"""Augmented image sets of any size, generated chunk by chunk on the workers.
+
+Output row chunk ``i`` depends only on (source, seed, i): its random stream is
+``SeedSequence(seed, spawn_key=(i,))``, it draws one window of source rows
+(one source chunk's worth) and distorts images sampled from it. So the same
+command writes byte-identical stores on any number of workers, each task
+holds only a source window and one output chunk, and a killed generation
+resumes by writing the missing chunks only.
+
+The store is generated at ``OUT.partial`` (marked incomplete, which ``fit``
+refuses with the command that resumes it) and renamed to ``OUT`` when every
+chunk is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from . import chunked, config
+from .data import blosc_compressor, compressor_settings, open_store
+from .distort import random_distortions, distort
+from .outputs import check_output_path
+
+
+@dataclass(frozen=True)
+class AugmentPlan:
+    """Everything that determines the content of an augmented store (compared on resume)."""
+
+    source: str
+    source_split: str | None
+    source_rows: tuple
+    image_shape: tuple
+    n: int
+    seed: int
+    chunk_rows: int
+    compressor: dict
+    originals: bool
+    strength: float
+
+    @property
+    def n_originals(self):
+        return min(self.source_rows[1] - self.source_rows[0], self.n) if self.originals else 0
+
+    @property
+    def n_chunks(self):
+        return -(-self.n // self.chunk_rows)
+
+    def chunk_rows_of(self, i):
+        return min(self.chunk_rows, self.n - i * self.chunk_rows)
+
+    def to_attrs(self):
+        attrs = asdict(self)
+        attrs["source_rows"], attrs["image_shape"] = list(self.source_rows), list(self.image_shape)
+        return attrs
+
+
+def partial_path(out):
+    """Where the store is generated before it is complete."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
+
+
+def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compressor=None, originals=True,
+                  strength=1.0, image_shape=None, overwrite=False, progress=True):
+    """Generate an augmented store of ``n`` rows from a source store, on the current Dask cluster.
+
+    Parameters
+    ----------
+    source : str or Path
+        A distkm store (with ``image_shape`` in its attributes, or pass ``image_shape``).
+    out : str or Path
+        The store to create.
+    n : int
+        Rows of the output; the first rows are the source's originals unless ``originals=False``.
+    seed : int
+        Chunk ``i`` is a function of (source, seed, i) only.
+    split : str, optional
+        Draw from this split of the source only (e.g. "train", to keep "test" held out).
+    chunk_rows : int, optional
+        Rows per output chunk (default ``distkm.chunk-rows``).
+    compressor : str or dict, optional
+        Blosc settings, e.g. "zstd:1" (default ``distkm.compressor``).
+    originals : bool
+        Start with the source rows themselves.
+    strength : float
+        Scales every distortion range (0 gives copies).
+    image_shape : tuple, optional
+        (h, w) or (h, w, c) of a row, when the source does not declare it.
+    overwrite : bool
+        Replace an existing complete ``out`` (only once the new one is complete).
+    progress : bool
+        Show a progress bar of rows written.
+
+    Returns
+    -------
+    dict
+        ``rows``, ``seconds``, ``rows_written`` (this call), ``resumed_chunks``, ``bytes_on_disk``,
+        ``bytes_raw``, ``compression_ratio``.
+    """
+    start = time.perf_counter()
+    plan = _plan(source, out, n, seed=seed, split=split, chunk_rows=chunk_rows, compressor=compressor,
+                 originals=originals, strength=strength, image_shape=image_shape)
+    out, work = Path(out), partial_path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"output {str(out)!r} already exists; pass --overwrite (overwrite=True) to replace it")
+    check_output_path(work, overwrite=True)
+    resumed = _resume_or_create(work, plan, resume_command=_command(plan, out))
+    done = chunked.chunks_done(work)
+    todo = [i for i in range(plan.n_chunks) if not done[i]]
+    rows = [plan.chunk_rows_of(i) for i in todo]
+    chunked.run_chunk_tasks(partial(_augment_chunk, plan=plan, out=str(work)), todo, rows, name="augment",
+                            progress=progress, desc="augment")
+    chunked.mark_complete(work)
+    _replace(work, out)
+    size = _disk_usage(out)
+    raw = plan.n * (int(np.prod(plan.image_shape)) + 1 + 8)
+    return {"rows": plan.n, "rows_written": int(sum(rows)), "resumed_chunks": int(done.sum()) if resumed else 0,
+            "seconds": time.perf_counter() - start, "bytes_on_disk": size, "bytes_raw": raw,
+            "compression_ratio": raw / max(size, 1)}
+
+
+def _plan(source, out, n, *, seed, split, chunk_rows, compressor, originals, strength, image_shape):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"--n must be a positive number of rows, got {n!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+    if not np.isfinite(strength) or strength < 0:
+        raise ValueError(f"--strength must be a non-negative number, got {strength!r}")
+    store = open_store(source, split=split)
+    x = store.images
+    if x.dtype != np.uint8:
+        raise TypeError(f"augment needs uint8 images; {source} holds {x.dtype}")
+    shape = tuple(image_shape or store.attrs.get("image_shape") or ())
+    if not shape:
+        raise ValueError(f"{source} does not declare its image_shape; pass --image-shape HxW (or HxWxC)")
+    if int(np.prod(shape)) != x.shape[1] or len(shape) not in (2, 3):
+        raise ValueError(f"{source}: rows have {x.shape[1]} values, but the declared image shape "
+                         f"{'x'.join(map(str, shape))} has {int(np.prod(shape))}")
+    lo, hi = store.attrs.get("splits", {}).get(split, [0, x.shape[0]]) if split else (0, x.shape[0])
+    settings = compressor_settings(compressor)
+    chunk_rows = int(chunk_rows or config.get("chunk-rows"))
+    if chunk_rows < 1:
+        raise ValueError(f"--chunk-rows must be positive, got {chunk_rows}")
+    return AugmentPlan(str(Path(source).resolve()), split, (int(lo), int(hi)), shape, int(n), int(seed), chunk_rows,
+                       settings, bool(originals), float(strength))
+
+
+def _command(plan, out):
+    words = ["distkm", "augment", plan.source, "--n", str(plan.n), "--seed", str(plan.seed),
+             "--chunk-rows", str(plan.chunk_rows), "--out", str(out)]
+    if plan.source_split:
+        words += ["--split", plan.source_split]
+    if not plan.originals:
+        words.append("--no-originals")
+    if plan.strength != 1.0:
+        words += ["--strength", str(plan.strength)]
+    return shlex.join(words)
+
+
+def _resume_or_create(work, plan, *, resume_command):
+    """Resume a partial store made by the same plan; refuse one made by another; else create it."""
+    if work.exists():
+        try:
+            attrs = dict(zarr.open_group(work, mode="r").attrs["distkm"])
+        except Exception:
+            attrs = {}
+        if attrs.get("augment") == plan.to_attrs():
+            return True
+        if attrs.get("augment"):
+            differ = sorted(k for k, v in plan.to_attrs().items() if attrs["augment"].get(k) != v)
+            raise ValueError(f"{work} is an unfinished generation with other parameters ({', '.join(differ)} "
+                             f"differ); remove it, or rerun the command that started it")
+        raise ValueError(f"{work} exists and is not an unfinished distkm augment; remove it first")
+    source = zarr.open_group(plan.source, mode="r")
+    has_labels = "labels" in source.array_keys()
+    splits = {"original": [0, plan.n_originals], "augmented": [plan.n_originals, plan.n]}
+    chunked.create_store(work, n=plan.n, n_features=int(np.prod(plan.image_shape)), chunk_rows=plan.chunk_rows,
+                         labels=has_labels, source_index=True,
+                         compressor=blosc_compressor(plan.compressor),
+                         attrs={"image_shape": list(plan.image_shape), "splits": splits, "augment": plan.to_attrs(),
+                                "source": {"store": plan.source, "split": plan.source_split},
+                                "resume_command": resume_command})
+    return False
+
+
+def _augment_chunk(i, *, plan, out):
+    """Write output row chunk ``i`` (runs on a worker; needs only the plan)."""
+    source = zarr.open_group(plan.source, mode="r")
+    src_images = source["images"]
+    src_labels = source["labels"] if "labels" in source.array_keys() else None
+    lo, hi = plan.source_rows
+    start, stop = i * plan.chunk_rows, i * plan.chunk_rows + plan.chunk_rows_of(i)
+    images = np.empty((stop - start, src_images.shape[1]), dtype=np.uint8)
+    labels = np.zeros(stop - start, dtype=np.uint8)
+    index = np.empty(stop - start, dtype=np.int64)
+    n_orig = max(0, min(stop, plan.n_originals) - start)
+    if n_orig:
+        index[:n_orig] = np.arange(lo + start, lo + start + n_orig)
+        images[:n_orig] = src_images[index[0]: index[0] + n_orig]
+        if src_labels is not None:
+            labels[:n_orig] = src_labels[index[0]: index[0] + n_orig]
+    m = stop - start - n_orig
+    if m:
+        rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(i,)))
+        window = src_images.chunks[0]
+        n_windows = -(-(hi - lo) // window)
+        w0 = lo + int(rng.integers(n_windows)) * window
+        w1 = min(w0 + window, hi)
+        pick = rng.integers(0, w1 - w0, m)
+        shape = plan.image_shape
+        originals = src_images[w0:w1][pick].reshape(m, *shape)
+        params = random_distortions(rng, m, shape[:2], plan.strength)
+        images[n_orig:] = distort(originals, params).reshape(m, -1)
+        index[n_orig:] = w0 + pick
+        if src_labels is not None:
+            labels[n_orig:] = src_labels[w0:w1][pick]
+    return chunked.write_chunk(out, i, images, labels if src_labels is not None else None, index)
+
+
+def _replace(work, out):
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        os.replace(out, old / out.name)
+        os.replace(work, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out)
+
+
+def _disk_usage(path):
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
