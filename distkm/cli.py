@@ -54,12 +54,34 @@ def _one_line(error):
 def _ingest(args):
     from .data import ingest_idx
 
+    if args.dataset == "folder":
+        return _ingest_folder(args)
     start = time.perf_counter()
     attrs = ingest_idx(args.dataset, args.out, source=args.source, chunk_rows=args.chunk_rows,
-                       overwrite=args.overwrite)
+                       compressor=args.compressor, overwrite=args.overwrite)
     splits = ", ".join(f"{name} {stop - begin:,}" for name, (begin, stop) in attrs["splits"].items())
     print(f"wrote {args.out}: {args.dataset} ({splits} rows; checksums verified against "
           f"{attrs['source']['checksums']}) in {time.perf_counter() - start:.1f} s")
+
+
+def _ingest_folder(args):
+    from contextlib import nullcontext
+
+    from .cluster import dask_client
+    from .folders import ingest_image_folder
+
+    if not args.source:
+        raise ValueError("distkm ingest folder needs --source DIR (the folder of images)")
+    start = time.perf_counter()
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    # Small folders convert fine on local threads; --scheduler spreads a big one over a cluster.
+    with dask_client(args.scheduler) if args.scheduler else nullcontext():
+        attrs = ingest_image_folder(args.source, args.out, size=size, mode=args.mode, fit=args.fit,
+                                    invert=args.invert, chunk_rows=args.chunk_rows, compressor=args.compressor,
+                                    overwrite=args.overwrite, progress=not args.quiet)
+    labels = f", {len(attrs['label_names'])} labelled classes" if "label_names" in attrs else ", no labels"
+    print(f"wrote {args.out}: {attrs['source']['files']:,} images as {'x'.join(map(str, attrs['image_shape']))} "
+          f"rows ({args.mode}, {args.fit}{labels}) in {time.perf_counter() - start:.1f} s")
 
 
 # --------------------------------------------------------------------------- #
@@ -190,11 +212,20 @@ def _parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parser.set_defaults(debug=False)
 
-    ingest = sub.add_parser("ingest", parents=[common], help="write an IDX dataset (MNIST...) into a zarr store")
-    ingest.add_argument("dataset", choices=["mnist", "fashion-mnist"])
+    ingest = sub.add_parser("ingest", parents=[common],
+                            help="write MNIST, Fashion-MNIST or a folder of images into a zarr store")
+    ingest.add_argument("dataset", choices=["mnist", "fashion-mnist", "folder"])
     ingest.add_argument("--out", required=True, help="zarr store to create, e.g. data/mnist.zarr")
-    ingest.add_argument("--source", help="folder with the IDX .gz files (default: the dataset's known places)")
+    ingest.add_argument("--source", help="folder with the IDX .gz files (default: the dataset's known places), "
+                                         "or the folder of images for `folder`")
     ingest.add_argument("--chunk-rows", type=_positive_int, help="rows per chunk (default distkm.chunk-rows)")
+    ingest.add_argument("--compressor", help="Blosc CNAME[:LEVEL[:SHUFFLE]] (default distkm.compressor)")
+    ingest.add_argument("--size", default="28x28", help="folder: HEIGHTxWIDTH of every image (default 28x28)")
+    ingest.add_argument("--mode", choices=["L", "RGB"], default="L", help="folder: grayscale or colour rows")
+    ingest.add_argument("--fit", choices=["pad", "crop", "stretch"], default="pad",
+                        help="folder: keep the aspect ratio and pad, or crop the centre, or stretch")
+    ingest.add_argument("--invert", action="store_true", help="folder: dark-on-light images become light-on-dark")
+    ingest.add_argument("--scheduler", help="folder: convert on this Dask scheduler (default: local threads)")
     ingest.add_argument("--overwrite", action="store_true", help="replace an existing store")
     ingest.set_defaults(func=_ingest)
 

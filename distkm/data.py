@@ -197,7 +197,7 @@ def blosc_compressor(spec=None):
     return BloscCodec(**compressor_settings(spec))
 
 
-def ingest_idx(dataset, out, *, source=None, chunk_rows=None, overwrite=False):
+def ingest_idx(dataset, out, *, source=None, chunk_rows=None, compressor=None, overwrite=False):
     """Write an IDX dataset (MNIST, Fashion-MNIST) into a distkm zarr store.
 
     Every split present in the source folder is stored, one after the other,
@@ -214,6 +214,8 @@ def ingest_idx(dataset, out, *, source=None, chunk_rows=None, overwrite=False):
         Folder with the IDX ``.gz`` files (default: the dataset's known places).
     chunk_rows : int, optional
         Rows per chunk (default ``distkm.chunk-rows``).
+    compressor : str or dict, optional
+        Blosc settings such as ``"lz4hc:5"`` (default ``distkm.compressor``).
     overwrite : bool
         Replace an existing store at ``out``.
 
@@ -226,6 +228,7 @@ def ingest_idx(dataset, out, *, source=None, chunk_rows=None, overwrite=False):
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
     chunk_rows = _positive_int(chunk_rows or config.get("chunk-rows"), "chunk_rows")
     spec = DATASETS[dataset]
+    compressor = compressor_settings(compressor)
     folder, present = find_idx_source(dataset, source)
     names = [f for s in present for f in spec.splits[s]]
     with atomic_output(out, overwrite=overwrite) as tmp:
@@ -244,21 +247,21 @@ def ingest_idx(dataset, out, *, source=None, chunk_rows=None, overwrite=False):
         image_shape = list(x.shape[1:])
         attrs = {
             "format_version": STORE_FORMAT_VERSION,
-            "complete": False,
             "image_shape": image_shape,
             "splits": splits,
             "source": {"dataset": dataset, "folder": str(folder.resolve()), "checksums": listing, "md5": verified},
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
-        write_store(tmp, np.concatenate(images), np.concatenate(labels), attrs, chunk_rows=chunk_rows)
+        write_store(tmp, np.concatenate(images), np.concatenate(labels), attrs, chunk_rows=chunk_rows,
+                    compressor=compressor)
     return attrs
 
 
-def write_store(path, images, labels, attrs, *, chunk_rows):
+def write_store(path, images, labels, attrs, *, chunk_rows, compressor=None):
     """Write in-memory ``images`` (and ``labels``) as a distkm store at ``path``, then mark it complete."""
     group = zarr.open_group(path, mode="w", zarr_format=3)
-    group.attrs["distkm"] = attrs
-    kwargs = dict(compressors=blosc_compressor(), overwrite=True)
+    group.attrs["distkm"] = {**attrs, "complete": False}
+    kwargs = dict(compressors=blosc_compressor(compressor), overwrite=True)
     x = group.create_array("images", shape=images.shape, chunks=(chunk_rows, images.shape[1]), dtype=images.dtype,
                            dimension_names=["sample", "feature"], **kwargs)
     x[:] = images

@@ -15,6 +15,7 @@ convergence" stops at the same iteration.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -42,7 +43,7 @@ class LloydResult:
     history : list of dict
         Per iteration: ``iteration``, ``inertia`` (of the assignment to the
         centers the iteration started from), ``center_shift`` (squared, as
-        compared with ``tol``) and ``relocated`` (clusters that were empty).
+        compared with ``tol``), ``relocated`` (clusters that were empty) and ``seconds``.
     """
 
     centers: np.ndarray
@@ -107,6 +108,7 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     history = []
     converged = False
     for iteration in range(1, max_iter + 1):
+        started = time.perf_counter()
         c, half = prepare_centers(centers, dtype)
         job = map_reduce(x, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
                          weights=weights, split_every=split_every)
@@ -122,7 +124,8 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
         new_centers = kernels.update_centers(sums, cluster_weights, centers)
         shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers
-        record = {"iteration": iteration, "inertia": float(inertia), "center_shift": shift, "relocated": relocated}
+        record = {"iteration": iteration, "inertia": float(inertia), "center_shift": shift, "relocated": relocated,
+                  "seconds": time.perf_counter() - started}
         history.append(record)
         if callback is not None:
             callback(record)

@@ -33,7 +33,7 @@ def mnist_test_store(tmp_path_factory, mnist_store):
     path = tmp_path_factory.mktemp("data") / "mnist-test.zarr"
     from distkm.data import write_store
 
-    write_store(path, x, y, {"splits": {"test": [0, len(x)]}}, chunk_rows=1000)
+    write_store(path, x, y, {"splits": {"test": [0, len(x)]}, "image_shape": [28, 28]}, chunk_rows=1000)
     return path
 
 
