@@ -14,10 +14,7 @@ chunk is written.
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -29,7 +26,7 @@ import zarr
 from . import chunked, config
 from .data import blosc_compressor, compressor_settings, open_store
 from .distort import random_distortions, distort
-from .outputs import check_output_path
+from .outputs import check_output_path, partial_path, replace_path
 
 
 @dataclass(frozen=True)
@@ -62,12 +59,6 @@ class AugmentPlan:
         attrs = asdict(self)
         attrs["source_rows"], attrs["image_shape"] = list(self.source_rows), list(self.image_shape)
         return attrs
-
-
-def partial_path(out):
-    """Where the store is generated before it is complete."""
-    out = Path(out)
-    return out.with_name(out.name + ".partial")
 
 
 def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compressor=None, originals=True,
@@ -121,7 +112,7 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
     chunked.run_chunk_tasks(partial(_augment_chunk, plan=plan, out=str(work)), todo, rows, name="augment",
                             progress=progress, desc="augment")
     chunked.mark_complete(work)
-    _replace(work, out)
+    replace_path(work, out)
     size = _disk_usage(out)
     raw = plan.n * (int(np.prod(plan.image_shape)) + 1 + 8)
     return {"rows": plan.n, "rows_written": int(sum(rows)), "resumed_chunks": int(done.sum()) if resumed else 0,
@@ -225,16 +216,6 @@ def _augment_chunk(i, *, plan, out):
         if src_labels is not None:
             labels[n_orig:] = src_labels[w0:w1][pick]
     return chunked.write_chunk(out, i, images, labels if src_labels is not None else None, index)
-
-
-def _replace(work, out):
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(work, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out)
 
 
 def _disk_usage(path):

@@ -8,6 +8,8 @@ to a temporary folder and renamed into place only when complete.
 from __future__ import annotations
 
 import argparse
+import logging
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,6 +29,7 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    _setup_logging(quiet=getattr(args, "quiet", False))
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
@@ -39,10 +42,20 @@ def main(argv=None):
         return EXIT_ERROR
 
 
+def _setup_logging(quiet):
+    """distkm's own log lines (lost workers, relocations, checkpoints) on stderr; other libraries stay quiet."""
+    logger = logging.getLogger("distkm")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("distkm: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def _one_line(error):
     message = str(error).strip().splitlines()
     text = message[0] if message else ""
-    known = (ValueError, TypeError, FileNotFoundError, FileExistsError, PermissionError, ConnectionError)
+    known = (ValueError, TypeError, OSError)  # OSError covers missing files, full disks, unreachable hosts
     if isinstance(error, known) and text:
         return text
     return f"{type(error).__name__}: {text} (run with --debug for the traceback)"
@@ -88,45 +101,65 @@ def _ingest_folder(args):
 # distkm fit
 # --------------------------------------------------------------------------- #
 def _fit(args):
-    from .cluster import dask_client
     from .data import open_store
     from .estimator import KMeans
     from .model import save_model, write_labels
-    from .outputs import atomic_output, check_output_path
+    from .outputs import check_output_path, partial_path, replace_path
 
     start = time.perf_counter()
     # Everything that can be checked without a cluster is checked first.
     store = open_store(args.store, split=args.split)
     check_output_path(args.out, overwrite=args.overwrite)
+    work = partial_path(args.out)
+    if work.exists() and not args.resume:
+        raise FileExistsError(f"{work} holds an interrupted fit; add --resume to continue it, or delete it to start over")
     x = store.images
     model = KMeans(n_clusters=args.k, init=_parse_init(args.init), n_init=_parse_n_init(args.n_init),
                    max_iter=args.max_iter, tol=args.tol, random_state=args.seed, dtype=args.dtype,
-                   verbose=0 if args.quiet else 1)
+                   verbose=0 if args.quiet else 1, checkpoint=str(work / "checkpoint"))
     model._validate_params()
     if x.shape[0] < args.k:
         raise ValueError(f"n_samples={x.shape[0]} should be >= n_clusters={args.k}.")
-    with dask_client(args.scheduler, n_workers=args.n_workers, threads_per_worker=args.threads_per_worker,
-                     memory_limit=args.memory_limit) as client:
+    with _client(args) as client:
         if not args.quiet:
             print(f"distkm {__version__}: k={args.k} on {args.store} ({x.shape[0]:,} rows x {x.shape[1]}, "
                   f"{x.numblocks[0]} chunks), {len(client.scheduler_info()['workers'])} workers, "
                   f"dashboard {client.dashboard_link}", flush=True)
-        with atomic_output(args.out, overwrite=args.overwrite) as tmp:
+        work.mkdir(parents=True, exist_ok=True)
+        try:
             fit_start = time.perf_counter()
             model.fit(x)
             fit_seconds = time.perf_counter() - fit_start
-            write_labels(tmp / "labels.zarr", model.labels_, attrs={"store": str(Path(args.store).resolve()),
-                                                                     "split": args.split})
+            labels_path = work / "labels.zarr"
+            shutil.rmtree(labels_path, ignore_errors=True)  # from an attempt killed while writing them
+            write_labels(labels_path, model.labels_, attrs={"store": str(Path(args.store).resolve()),
+                                                            "split": args.split})
             data = {"path": str(Path(args.store).resolve()), "split": args.split, "array": "images",
                     "n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}
-            save_model(tmp, model, data=data, extra={"timings": {
+            save_model(work, model, data=data, extra={"timings": {
                 "fit_seconds": fit_seconds,
                 "seconds_per_iteration": fit_seconds / max(model.n_iter_, 1),
                 "command_seconds": time.perf_counter() - start}})
+        except BaseException:
+            if (work / "checkpoint" / "checkpoint.json").exists():
+                print(f"distkm: the fit so far is kept in {work}; run the same command with --resume to continue",
+                      file=sys.stderr)
+            else:  # nothing worth resuming: leave nothing behind
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+    shutil.rmtree(work / "checkpoint")
+    replace_path(work, args.out)
     sizes = model.cluster_sizes_
     print(f"done in {time.perf_counter() - start:.1f} s: {model.n_iter_} iterations, inertia {model.inertia_:.6g}, "
           f"cluster sizes {sizes.min():,}..{sizes.max():,}")
     print(f"results in {args.out}/ (model.json, centroids.zarr, labels.zarr)")
+
+
+def _client(args):
+    from .cluster import dask_client
+
+    return dask_client(args.scheduler, cluster_config=args.cluster_config, n_workers=args.n_workers,
+                       threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit)
 
 
 def _parse_init(value):
@@ -151,11 +184,9 @@ def _parse_n_init(value):
 # --------------------------------------------------------------------------- #
 def _augment(args):
     from .augment import augment_store
-    from .cluster import dask_client
 
     shape = tuple(int(v) for v in args.image_shape.lower().split("x")) if args.image_shape else None
-    with dask_client(args.scheduler, n_workers=args.n_workers, threads_per_worker=args.threads_per_worker,
-                     memory_limit=args.memory_limit) as client:
+    with _client(args) as client:
         if not args.quiet:
             print(f"generating {args.n:,} rows from {args.source} into {args.out}, dashboard {client.dashboard_link}",
                   flush=True)
@@ -173,7 +204,6 @@ def _augment(args):
 # distkm predict
 # --------------------------------------------------------------------------- #
 def _predict(args):
-    from .cluster import dask_client
     from .data import open_store
     from .model import load_model, write_labels
     from .outputs import atomic_output, check_output_path
@@ -183,7 +213,7 @@ def _predict(args):
     store = open_store(args.store, split=args.split)
     check_output_path(args.out, overwrite=args.overwrite)
     labels = model.predict(store.images)
-    with dask_client(args.scheduler, n_workers=args.n_workers) as client, \
+    with _client(args) as client, \
             atomic_output(args.out, overwrite=args.overwrite) as tmp:
         if not args.quiet:
             print(f"assigning {store.images.shape[0]:,} rows of {args.store}, dashboard {client.dashboard_link}",
@@ -231,6 +261,7 @@ def _parser():
 
     cluster = argparse.ArgumentParser(add_help=False)
     cluster.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")
+    cluster.add_argument("--cluster-config", help="cluster-config YAML file (see cluster-configs/)")
     cluster.add_argument("--n-workers", type=_positive_int, help="LocalCluster workers (default: one per core)")
     cluster.add_argument("--threads-per-worker", type=_positive_int, help="LocalCluster threads per worker")
     cluster.add_argument("--memory-limit", help="LocalCluster memory limit per worker, e.g. 2GiB")
@@ -247,6 +278,8 @@ def _parser():
     fit.add_argument("--seed", type=int, default=None, help="random seed: same seed, same bits on any cluster")
     fit.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder once the new one is done")
+    fit.add_argument("--resume", action="store_true",
+                     help="continue an interrupted fit from its last checkpoint (OUT.partial)")
     fit.set_defaults(func=_fit)
 
     augment = sub.add_parser("augment", parents=[common, cluster],

@@ -17,8 +17,10 @@ import gzip
 import hashlib
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numpy as np
 import zarr
@@ -261,7 +263,8 @@ def write_store(path, images, labels, attrs, *, chunk_rows, compressor=None):
     """Write in-memory ``images`` (and ``labels``) as a distkm store at ``path``, then mark it complete."""
     group = zarr.open_group(path, mode="w", zarr_format=3)
     group.attrs["distkm"] = {**attrs, "complete": False}
-    kwargs = dict(compressors=blosc_compressor(compressor), overwrite=True)
+    # Every chunk is written, even an all-zero one: a missing chunk then always means damage.
+    kwargs = dict(compressors=blosc_compressor(compressor), overwrite=True, config={"write_empty_chunks": True})
     x = group.create_array("images", shape=images.shape, chunks=(chunk_rows, images.shape[1]), dtype=images.dtype,
                            dimension_names=["sample", "feature"], **kwargs)
     x[:] = images
@@ -322,12 +325,18 @@ def open_store(path, *, split=None, array="images"):
             raise ValueError(f"store {str(path)!r} has no {array!r} array (it holds: {', '.join(members) or 'nothing'})")
         images = node[array]
         labels = node["labels"] if "labels" in members else None
+        if group_attrs.get("complete") is True:
+            _check_chunks_present(images, f"store {str(path)!r} ({array})")
+            n_declared = max((stop for _, stop in group_attrs.get("splits", {}).values()), default=0)
+            if n_declared > images.shape[0]:
+                raise ValueError(f"store {str(path)!r} declares splits up to row {n_declared}, "
+                                 f"but {array} has {images.shape[0]} rows")
     x = _zarr_to_dask(images, f"{path}/{array}" if group_attrs or labels is not None else str(path))
     y = None
     if labels is not None:
         if labels.shape != (x.shape[0],):
             raise ValueError(f"store {str(path)!r}: labels have shape {labels.shape}, expected ({x.shape[0]},)")
-        y = da.from_zarr(labels).rechunk((x.chunks[0],))
+        y = _read_lazily(labels, f"{path}/labels").rechunk((x.chunks[0],))
     if split is not None:
         splits = group_attrs.get("splits", {})
         if split not in splits:
@@ -344,7 +353,37 @@ def _zarr_to_dask(z, where):
     if z.ndim != 2:
         raise ValueError(f"{where} must be 2-D (n_samples, n_features), got shape {z.shape}")
     _check_dtype(z.dtype, where)
-    return _full_rows(da.from_zarr(z))
+    return _full_rows(_read_lazily(z, where))
+
+
+def _read_lazily(z, where):
+    """A dask array over a zarr array, one task per zarr chunk, whose read errors name the chunk."""
+    token = dask.base.tokenize(str(z.store_path), z.shape, z.chunks, z.metadata.to_dict())
+    return da.from_array(z, chunks=z.chunks, getitem=partial(_read_chunk, where=where), name=f"distkm-read-{token}",
+                         meta=np.empty((0,) * z.ndim, dtype=z.dtype), asarray=False, inline_array=False)
+
+
+def _read_chunk(array, index, asarray=True, lock=None, *, where):
+    try:
+        return np.asarray(array[index])
+    except Exception as e:
+        rows = index[0] if isinstance(index, tuple) else index
+        chunk = rows.start // array.chunks[0]
+        raise OSError(f"cannot read chunk {chunk} (rows {rows.start}-{rows.stop - 1}) of {where}: "
+                      f"{type(e).__name__}: {e}; the store is damaged, write it again") from e
+
+
+def _check_chunks_present(z, where):
+    """A distkm store writes every chunk: a missing one means a damaged store (zarr would read zeros)."""
+    present = z.nchunks_initialized
+    if present < z.nchunks:
+        root = Path(str(z.store_path).removeprefix("file://"))
+        missing = [i for i in range(z.cdata_shape[0])
+                   if not (root / z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1))).exists()]
+        first = missing[0] if missing else "?"
+        raise ValueError(f"{where} is damaged: {z.nchunks - present} chunk(s) missing, the first is chunk {first}"
+                         f" (rows {first * z.chunks[0]}-{min((first + 1) * z.chunks[0], z.shape[0]) - 1}); "
+                         "write the store again" if missing else f"{where} is damaged: chunks are missing")
 
 
 def _check_dtype(dtype, where):

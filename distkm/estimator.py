@@ -8,7 +8,9 @@ valid input.
 
 from __future__ import annotations
 
+import os
 import warnings
+from functools import partial
 from numbers import Integral, Real
 
 import dask.array as da
@@ -20,6 +22,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import config, lloyd
+from .checkpoint import Checkpoint, FitState, digest
 from .data import as_dask_array
 from .init import init_centers
 
@@ -62,6 +65,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         Fan-in of the reduction tree (default ``distkm.split-every``).
     init_sample_size : int, optional
         Rows k-means++ runs on (default ``distkm.init-sample-size``).
+    checkpoint : str or Path, optional
+        Folder where the state of the fit is saved after every iteration
+        (zarr + JSON, atomically). A fit given a folder that holds a
+        checkpoint of the same parameters and data resumes from it and ends
+        bit-identical to an uninterrupted fit; one made otherwise is refused.
 
     Attributes
     ----------
@@ -100,10 +108,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         "dtype": [StrOptions({"float32", "float64"}), type],
         "split_every": [None, Interval(Integral, 2, None, closed="left")],
         "init_sample_size": [None, Interval(Integral, 1, None, closed="left")],
+        "checkpoint": [None, str, os.PathLike],
     }
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4, verbose=0,
-                 random_state=None, dtype="float32", split_every=None, init_sample_size=None):
+                 random_state=None, dtype="float32", split_every=None, init_sample_size=None, checkpoint=None):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -114,6 +123,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.dtype = dtype
         self.split_every = split_every
         self.init_sample_size = init_sample_size
+        self.checkpoint = checkpoint
 
     # ------------------------------------------------------------------ #
     # public API
@@ -144,6 +154,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         init, n_init = self._check_init(n_features)
         split_every = self.split_every or config.get("split-every")
         block_rows = config.get("block-rows")
+        sample_size = self.init_sample_size or config.get("init-sample-size")
         random_state = check_random_state(self.random_state)
 
         summary = lloyd.summarize(x, weights, split_every=split_every)
@@ -151,29 +162,48 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             raise ValueError(f"X contains {summary.n_nonfinite} NaN or infinite value(s); k-means needs finite data")
         tol = lloyd.tolerance(summary, self.tol)
 
-        best = None
-        for run in range(n_init):
-            if self.verbose:
-                print(f"Initialization {run + 1}/{n_init} ({init if isinstance(init, str) else 'given array'})")
-            centers = init_centers(x, self.n_clusters, init, random_state, weights=weights,
-                                   sample_size=self.init_sample_size or config.get("init-sample-size"))
+        checkpoint = fingerprint = resumed = None
+        if self.checkpoint is not None:
+            checkpoint = Checkpoint(self.checkpoint)
+            fingerprint = self._fingerprint(x, summary, init, n_init, sample_size, split_every, block_rows, weights)
+            resumed = checkpoint.load(fingerprint)
+            if resumed is not None and self.verbose:
+                print(f"Resuming from {self.checkpoint}: initialization {resumed.run + 1}/{n_init}, "
+                      f"iteration {len(resumed.history)}")
+        best = resumed.best if resumed is not None else None
+        for run in range(resumed.run if resumed is not None else 0, n_init):
+            if resumed is not None and run == resumed.run:
+                random_state.set_state(resumed.rng_state)
+                centers, history, done = resumed.centers, resumed.history, resumed.converged
+            else:
+                if self.verbose:
+                    print(f"Initialization {run + 1}/{n_init} ({init if isinstance(init, str) else 'given array'})")
+                centers = init_centers(x, self.n_clusters, init, random_state, weights=weights,
+                                       sample_size=sample_size)
+                history, done = [], False
+            rng_state = random_state.get_state()  # the state a resumed run must continue from
+            on_iteration = None
+            if checkpoint is not None:
+                def on_iteration(centers, history, converged, run=run, rng_state=rng_state):
+                    checkpoint.save(FitState(fingerprint, run, centers, history, converged, rng_state, best))
+            progress = partial(_print_iteration, checkpoint=self.checkpoint) if self.verbose else None
             result = lloyd.lloyd(x, centers, summary=summary, max_iter=self.max_iter, tol=tol, dtype=dtype,
-                                 weights=weights, split_every=split_every, block_rows=block_rows,
-                                 callback=_print_iteration if self.verbose else None)
+                                 weights=weights, split_every=split_every, block_rows=block_rows, callback=progress,
+                                 history=history, converged=done, on_iteration=on_iteration)
             final = lloyd.final_stats(x, result.centers, dtype, weights=weights, split_every=split_every,
                                       block_rows=block_rows)
             if self.verbose:
                 state = "converged" if result.converged else "stopped at max_iter"
                 print(f"{state} after {result.n_iter} iterations, inertia {final.inertia:.6g}")
-            if best is None or final.inertia < best[1].inertia:
-                best = (result, final)
-        result, final = best
+            if best is None or final.inertia < best["inertia"]:
+                best = {"inertia": float(final.inertia), "n_iter": result.n_iter, "history": result.history,
+                        "sizes": final.sizes, "centers": result.centers}
 
-        self.cluster_centers_ = result.centers.astype(dtype)
-        self.n_iter_ = result.n_iter
-        self.inertia_ = float(final.inertia)
-        self.cluster_sizes_ = final.sizes
-        self.history_ = result.history
+        self.cluster_centers_ = best["centers"].astype(dtype)
+        self.n_iter_ = best["n_iter"]
+        self.inertia_ = best["inertia"]
+        self.cluster_sizes_ = np.asarray(best["sizes"], dtype=np.int64)
+        self.history_ = best["history"]
         self.n_features_in_ = n_features
         self._n_features_out = self.n_clusters
         self.labels_ = self._output(X, lloyd.assign_lazy(x, self.cluster_centers_, dtype, block_rows=block_rows))
@@ -209,6 +239,20 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
                                   split_every=self.split_every or config.get("split-every"),
                                   block_rows=config.get("block-rows"))
         return -float(final.inertia)
+
+    def _fingerprint(self, x, summary, init, n_init, sample_size, split_every, block_rows, weights):
+        """What must not change between a checkpoint and its resumption (JSON-able)."""
+        random_state = self.random_state if isinstance(self.random_state, (int, type(None))) else "RandomState"
+        return {
+            "params": {"n_clusters": self.n_clusters, "init": init if isinstance(init, str) else digest(init),
+                       "n_init": n_init, "max_iter": self.max_iter, "tol": self.tol, "random_state": random_state,
+                       "dtype": np.dtype(self.dtype).name, "split_every": split_every,
+                       "init_sample_size": sample_size, "block_rows": block_rows},
+            "data": {"shape": list(x.shape), "dtype": x.dtype.name, "row_chunks": digest(np.asarray(x.chunks[0])),
+                     "content": digest(np.concatenate([summary.mean, summary.m2,
+                                                       [summary.weighted_sq_norm, summary.weight_sum]])),
+                     "weighted": weights is not None},
+        }
 
     # ------------------------------------------------------------------ #
     # checks at the door
@@ -275,7 +319,8 @@ def _check_sample_weight(sample_weight, x):
     return w
 
 
-def _print_iteration(record):
+def _print_iteration(record, checkpoint=None):
     relocated = f", relocated {record['relocated']}" if record["relocated"] else ""
+    saved = f", checkpoint saved to {checkpoint}" if checkpoint is not None else ""
     print(f"Iteration {record['iteration']}, inertia {record['inertia']:.6g}, "
-          f"center shift {record['center_shift']:.3g}{relocated}", flush=True)
+          f"center shift {record['center_shift']:.3g}{relocated}{saved}", flush=True)

@@ -75,7 +75,7 @@ def tolerance(summary, tol):
 
 
 def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_every=8, block_rows=8192,
-          callback=None):
+          callback=None, history=None, converged=False, on_iteration=None):
     """Run Lloyd iterations from ``centers`` until the tolerance or ``max_iter``.
 
     Parameters
@@ -98,6 +98,14 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
         Rows per block inside the kernel.
     callback : callable, optional
         Called with each iteration's history record.
+    history : list of dict, optional
+        Records of iterations already run from ``centers`` (a resumed fit
+        continues the count from there).
+    converged : bool
+        The loop had already ended: return at once.
+    on_iteration : callable, optional
+        ``on_iteration(centers, history, converged)`` after every iteration
+        (the checkpoint is written there).
 
     Returns
     -------
@@ -105,9 +113,10 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     """
     centers = np.array(centers, dtype=np.float64)
     chunk = partial(kernels.partial_stats, block_rows=block_rows)
-    history = []
-    converged = False
-    for iteration in range(1, max_iter + 1):
+    history = list(history or [])
+    if converged or len(history) >= max_iter:
+        return LloydResult(centers, len(history), converged, history)
+    for iteration in range(len(history) + 1, max_iter + 1):
         started = time.perf_counter()
         c, half = prepare_centers(centers, dtype)
         job = map_reduce(x, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
@@ -127,10 +136,12 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
         record = {"iteration": iteration, "inertia": float(inertia), "center_shift": shift, "relocated": relocated,
                   "seconds": time.perf_counter() - started}
         history.append(record)
+        converged = shift <= tol
+        if on_iteration is not None:
+            on_iteration(centers, history, converged or iteration == max_iter)
         if callback is not None:
             callback(record)
-        if shift <= tol:
-            converged = True
+        if converged:
             break
     return LloydResult(centers, iteration, converged, history)
 

@@ -68,13 +68,25 @@ def atomic_output(path, *, overwrite=False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        if not overwrite:  # appeared while we worked: never clobber it silently
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(f"output {str(path)!r} appeared while writing; nothing was replaced")
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, old / path.name)
-        os.replace(tmp, path)
+    if path.exists() and not overwrite:  # appeared while we worked: never clobber it silently
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FileExistsError(f"output {str(path)!r} appeared while writing; nothing was replaced")
+    replace_path(tmp, path)
+
+
+def partial_path(path):
+    """Where a resumable output is built before it is complete (``OUT.partial``, visible on purpose)."""
+    path = Path(path)
+    return path.with_name(path.name + ".partial")
+
+
+def replace_path(src, dst):
+    """Move the complete ``src`` to ``dst``, replacing ``dst`` only at the last moment."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
+        os.replace(dst, old / dst.name)
+        os.replace(src, dst)
         shutil.rmtree(old, ignore_errors=True)
     else:
-        os.replace(tmp, path)
+        os.replace(src, dst)

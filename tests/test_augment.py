@@ -13,7 +13,8 @@ import zarr
 from distributed import Client, LocalCluster
 
 from distkm import KMeans
-from distkm.augment import augment_store, partial_path
+from distkm.augment import augment_store
+from distkm.outputs import partial_path
 from distkm.data import open_store, write_store
 from distkm.distort import Distortions, distort, random_distortions
 

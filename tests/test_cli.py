@@ -167,3 +167,39 @@ def test_ingest_command(tmp_path):
     assert zarr.open_array(tmp_path / "m.zarr" / "images", mode="r").chunks == (30000, 784)
     again = run("ingest", "mnist", "--source", MNIST_DIR, "--out", tmp_path / "m.zarr", check=False)
     assert again.returncode == 1 and "already exists; pass --overwrite" in again.stderr
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cluster config '{path}' not found"),
+    ("type: local\nlocal: [unclosed\n", "is not valid YAML at line 3: expected ',' or ']'"),
+    ("type: moon\n", "unknown type 'moon'; expected one of local, address"),
+    ("type: slurm\n", "type 'slurm' is not supported yet"),
+    ("type: address\naddress: {}\n", "address.scheduler is required (e.g. scheduler: tcp://10.0.0.5:8786)"),
+    ("type: local\nlocal:\n  n-worker: 2\n", "unknown field local.n-worker"),
+])
+def test_bad_cluster_config(tmp_path, capsys, mnist_test_store, content, message):
+    path = tmp_path / "cluster.yaml"
+    if content is not None:
+        path.write_text(content)
+    code = main(["fit", str(mnist_test_store), "--k", "3", "--out", str(tmp_path / "run"),
+                 "--cluster-config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and message.format(path=path) in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_cluster_configs_shipped_in_the_repository_work(tmp_path, cluster, mnist_test_store):
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "cluster-configs"
+    local = tmp_path / "local.yaml"
+    local.write_text((configs / "local.yaml").read_text().replace('"127.0.0.1:8787"', "null"))
+    address = tmp_path / "address.yaml"
+    address.write_text((configs / "address.yaml").read_text().replace("tcp://127.0.0.1:8786",
+                                                                       cluster.scheduler_address))
+    for name, config in (("local", local), ("address", address)):
+        result = run("fit", mnist_test_store, "--k", 4, "--seed", 1, "--max-iter", 3, "--out", tmp_path / name,
+                     "--cluster-config", config)
+        assert "2 workers" in result.stdout
+    a, b = (zarr.open_array(tmp_path / n / "centroids.zarr", mode="r")[...] for n in ("local", "address"))
+    assert a.tobytes() == b.tobytes()
