@@ -15,7 +15,8 @@ import zarr
 
 from distkm.data import blosc_compressor
 
-CANDIDATES = ["lz4:1", "lz4:5", "lz4:9", "lz4hc:3", "lz4hc:5", "lz4hc:9", "blosclz:5", "zstd:1", "zstd:3", "zstd:1:bitshuffle",
+CANDIDATES = ["lz4:1", "lz4:5", "lz4:9", "lz4hc:3", "lz4hc:5", "lz4hc:9", "blosclz:5", "zstd:1", "zstd:3",
+              "zstd:1:bitshuffle",
               "lz4:5:bitshuffle", "zlib:1"]
 
 
@@ -23,7 +24,8 @@ def main(store):
     images = zarr.open_array(Path(store) / "images", mode="r")
     data = images[...]
     raw = data.nbytes
-    print(f"{store}: {data.shape[0]:,} rows x {data.shape[1]}, {raw / 2**20:.0f} MiB raw, chunks of {images.chunks[0]:,} rows")
+    print(f"{store}: {data.shape[0]:,} rows x {data.shape[1]}, {raw / 2**20:.0f} MiB raw, "
+          f"chunks of {images.chunks[0]:,} rows")
     print(f"{'codec':20s} {'MiB':>7s} {'ratio':>6s} {'write s':>8s} {'read s':>7s} {'read MB/s':>9s}")
     with tempfile.TemporaryDirectory() as tmp:
         for spec in CANDIDATES:

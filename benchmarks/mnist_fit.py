@@ -45,11 +45,13 @@ def main():
             ref = json.loads(out_text.strip().splitlines()[-1])
             rows.append(("sklearn KMeans in memory", dtype, seconds, ref["fit_seconds"], ref["n_iter"],
                          ref["fit_seconds"] / ref["n_iter"], peak, ref["inertia"]))
-    header = f"{'what':36s} {'dtype':8s} {'command s':>9s} {'fit s':>7s} {'iters':>5s} {'s/iter':>7s} {'peak RSS':>9s} {'inertia':>12s}"
+    header = (f"{'what':36s} {'dtype':8s} {'command s':>9s} {'fit s':>7s} {'iters':>5s} {'s/iter':>7s} "
+              f"{'peak RSS':>9s} {'inertia':>12s}")
     print(header)
     print("-" * len(header))
     for name, dtype, cmd, fit, n_iter, per_iter, peak, inertia in rows:
-        print(f"{name:36s} {dtype:8s} {cmd:9.2f} {fit:7.2f} {n_iter:5d} {per_iter:7.3f} {peak / 2**20:7.0f}MiB {inertia:12.5g}")
+        print(f"{name:36s} {dtype:8s} {cmd:9.2f} {fit:7.2f} {n_iter:5d} {per_iter:7.3f} {peak / 2**20:7.0f}MiB "
+              f"{inertia:12.5g}")
     for dtype in ("float32", "float64"):
         ours, ref = [r for r in rows if r[1] == dtype]
         print(f"{dtype}: per-iteration ratio distkm/sklearn = {ours[5] / ref[5]:.2f}, "

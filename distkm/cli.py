@@ -112,7 +112,8 @@ def _fit(args):
     check_output_path(args.out, overwrite=args.overwrite)
     work = partial_path(args.out)
     if work.exists() and not args.resume:
-        raise FileExistsError(f"{work} holds an interrupted fit; add --resume to continue it, or delete it to start over")
+        raise FileExistsError(f"{work} holds an interrupted fit; add --resume to continue it, "
+                              "or delete it to start over")
     x = store.images
     model = KMeans(n_clusters=args.k, init=_parse_init(args.init), n_init=_parse_n_init(args.n_init),
                    max_iter=args.max_iter, tol=args.tol, random_state=args.seed, dtype=args.dtype,
@@ -297,7 +298,8 @@ def _parser():
     augment.add_argument("--overwrite", action="store_true", help="replace an existing store once the new one is done")
     augment.set_defaults(func=_augment)
 
-    predict = sub.add_parser("predict", parents=[common, cluster], help="assign the rows of a store to a run's clusters")
+    predict = sub.add_parser("predict", parents=[common, cluster],
+                             help="assign the rows of a store to a run's clusters")
     predict.add_argument("run", help="run folder written by distkm fit")
     predict.add_argument("store", help="zarr store with an 'images' array")
     predict.add_argument("--out", required=True, help="zarr array of labels to create")

@@ -190,7 +190,8 @@ def compressor_settings(spec=None):
         clevel = -1
     if spec.get("cname") not in _BLOSC_CNAMES or not 0 <= clevel <= 9 or spec.get("shuffle") not in _BLOSC_SHUFFLES:
         raise ValueError(f"compressor {spec!r} is not valid: expected CNAME[:LEVEL[:SHUFFLE]] with CNAME in "
-                         f"{', '.join(_BLOSC_CNAMES)}, LEVEL 0-9, SHUFFLE in {', '.join(_BLOSC_SHUFFLES)} (e.g. zstd:1)")
+                         f"{', '.join(_BLOSC_CNAMES)}, LEVEL 0-9, SHUFFLE in {', '.join(_BLOSC_SHUFFLES)} "
+                         "(e.g. zstd:1)")
     return {"cname": spec["cname"], "clevel": clevel, "shuffle": spec["shuffle"]}
 
 
@@ -322,7 +323,8 @@ def open_store(path, *, split=None, array="images"):
             raise ValueError(f"store {str(path)!r} is incomplete (its writing was interrupted); {how}")
         members = sorted(node.array_keys())
         if array not in members:
-            raise ValueError(f"store {str(path)!r} has no {array!r} array (it holds: {', '.join(members) or 'nothing'})")
+            held = ", ".join(members) or "nothing"
+            raise ValueError(f"store {str(path)!r} has no {array!r} array (it holds: {held})")
         images = node[array]
         labels = node["labels"] if "labels" in members else None
         if group_attrs.get("complete") is True:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import chunked, config
-from .data import blosc_compressor, compressor_settings
+from .data import blosc_compressor
 from .outputs import atomic_output
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -93,7 +93,7 @@ def ingest_image_folder(folder, out, *, size=(28, 28), mode="L", fit="pad", inve
         attrs["label_names"] = names
     with atomic_output(out, overwrite=overwrite) as tmp:
         chunked.create_store(tmp, n=len(files), n_features=int(np.prod(image_shape)), chunk_rows=chunk_rows,
-                             labels=labels is not None, compressor=blosc_compressor(compressor_settings(compressor)),
+                             labels=labels is not None, compressor=blosc_compressor(compressor),
                              attrs=attrs)
         n_chunks = -(-len(files) // chunk_rows)
         chunk_files = [[str(f) for f in files[i * chunk_rows:(i + 1) * chunk_rows]] for i in range(n_chunks)]

@@ -129,7 +129,8 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
         if n_empty:
             far = farthest_points(x, c, half, n_empty, weights=weights, split_every=split_every, block_rows=block_rows)
             relocated = kernels.relocate_empty_clusters(sums, cluster_weights, far).tolist()
-            logger.info("iteration %d: %d empty cluster(s) %s moved to the farthest points", iteration, n_empty, relocated)
+            logger.info("iteration %d: %d empty cluster(s) %s moved to the farthest points",
+                        iteration, n_empty, relocated)
         new_centers = kernels.update_centers(sums, cluster_weights, centers)
         shift = float(((new_centers - centers) ** 2).sum())
         centers = new_centers

@@ -61,7 +61,8 @@ def save_model(run_dir, model, *, data=None, extra=None):
     z[:] = centers
     params = {name: getattr(model, name) for name in _PARAMS}
     params["init"] = params["init"] if isinstance(params["init"], str) else "array"
-    params["random_state"] = params["random_state"] if isinstance(params["random_state"], (int, type(None))) else "RandomState"
+    if not isinstance(params["random_state"], (int, type(None))):
+        params["random_state"] = "RandomState"
     params["dtype"] = np.dtype(params["dtype"]).name
     doc = {
         "format": MODEL_FORMAT,

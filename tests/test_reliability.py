@@ -166,7 +166,6 @@ def test_checkpoints_with_several_inits_resume_identically(client, mnist_test_st
 
     original = ck.Checkpoint.save
     for stop_at in (1, 4, 6):
-        calls = {"n": 0}
 
         def interrupted(self, state, stop_at=stop_at):
             original(self, state)
@@ -298,7 +297,8 @@ def test_store_ten_times_the_workers_memory(tmp_path, mnist_store):
         done.set()
         sampler.join()
         assert set(client.scheduler_info()["workers"]) == workers  # no worker died or was restarted
-    print(f"\n{n:,} rows ({n * 784 / 1e9:.1f} GB raw), worker peak RSS {peak[0] / 2**20:.0f} MiB of {limit / 2**20:.0f}")
+    print(f"\n{n:,} rows ({n * 784 / 1e9:.1f} GB raw), "
+          f"worker peak RSS {peak[0] / 2**20:.0f} MiB of {limit / 2**20:.0f}")
     assert peak[0] < limit
     assert model.cluster_sizes_.sum() == n and model.n_iter_ == 2
     # Every chunk is the same chunk: the sizes are those of one chunk, times the number of chunks.
