@@ -124,7 +124,8 @@ def _fit(args):
     with _client(args) as client:
         if not args.quiet:
             print(f"distkm {__version__}: k={args.k} on {args.store} ({x.shape[0]:,} rows x {x.shape[1]}, "
-                  f"{x.numblocks[0]} chunks), {len(client.scheduler_info()['workers'])} workers, "
+                  f"{x.numblocks[0]} chunk{'s' if x.numblocks[0] != 1 else ''}), "
+                  f"{len(client.scheduler_info()['workers'])} workers, "
                   f"dashboard {client.dashboard_link}", flush=True)
         work.mkdir(parents=True, exist_ok=True)
         try:

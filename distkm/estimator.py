@@ -167,8 +167,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             checkpoint = Checkpoint(self.checkpoint)
             fingerprint = self._fingerprint(x, summary, init, n_init, sample_size, split_every, block_rows, weights)
             resumed = checkpoint.load(fingerprint)
-            if resumed is not None and self.verbose:
-                print(f"Resuming from {self.checkpoint}: initialization {resumed.run + 1}/{n_init}, "
+            if self.verbose:
+                print(f"Checkpointing every iteration to {self.checkpoint}" if resumed is None else
+                      f"Resuming from {self.checkpoint}: initialization {resumed.run + 1}/{n_init}, "
                       f"iteration {len(resumed.history)}")
         best = resumed.best if resumed is not None else None
         for run in range(resumed.run if resumed is not None else 0, n_init):
@@ -186,7 +187,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             if checkpoint is not None:
                 def on_iteration(centers, history, converged, run=run, rng_state=rng_state):
                     checkpoint.save(FitState(fingerprint, run, centers, history, converged, rng_state, best))
-            progress = partial(_print_iteration, checkpoint=self.checkpoint) if self.verbose else None
+            progress = partial(_print_iteration, checkpointed=checkpoint is not None) if self.verbose else None
             result = lloyd.lloyd(x, centers, summary=summary, max_iter=self.max_iter, tol=tol, dtype=dtype,
                                  weights=weights, split_every=split_every, block_rows=block_rows, callback=progress,
                                  history=history, converged=done, on_iteration=on_iteration)
@@ -319,8 +320,8 @@ def _check_sample_weight(sample_weight, x):
     return w
 
 
-def _print_iteration(record, checkpoint=None):
+def _print_iteration(record, checkpointed=False):
     relocated = f", relocated {record['relocated']}" if record["relocated"] else ""
-    saved = f", checkpoint saved to {checkpoint}" if checkpoint is not None else ""
+    saved = ", checkpointed" if checkpointed else ""
     print(f"Iteration {record['iteration']}, inertia {record['inertia']:.6g}, "
           f"center shift {record['center_shift']:.3g}{relocated}{saved}", flush=True)

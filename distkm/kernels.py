@@ -240,13 +240,10 @@ class FinalStats(NamedTuple):
         ``sum_i w_i ||x_i - c_{label_i}||^2`` computed from the differences.
     sizes : ndarray of shape (k,), int64
         Number of rows assigned to each cluster.
-    weights : ndarray of shape (k,), float64
-        Sum of sample weights per cluster.
     """
 
     inertia: float
     sizes: np.ndarray
-    weights: np.ndarray
 
 
 def final_stats(X, centers, half_sq_norms, weights=None, *, block_rows=8192):
@@ -266,22 +263,12 @@ def final_stats(X, centers, half_sq_norms, weights=None, *, block_rows=8192):
         diff = Xb - centers[lb]
         dist = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
         inertia += float(dist.sum() if weights is None else dist @ np.asarray(weights[rows], np.float64))
-    sizes = np.bincount(labels, minlength=k).astype(np.int64)
-    cluster_weights = (
-        sizes.astype(np.float64)
-        if weights is None
-        else np.bincount(labels, weights=np.asarray(weights, np.float64), minlength=k)
-    )
-    return labels, FinalStats(inertia, sizes, cluster_weights)
+    return labels, FinalStats(inertia, np.bincount(labels, minlength=k).astype(np.int64))
 
 
 def merge_final_stats(*parts):
     """Add up :class:`FinalStats`."""
-    return FinalStats(
-        sum(p.inertia for p in parts),
-        np.sum([p.sizes for p in parts], axis=0),
-        np.sum([p.weights for p in parts], axis=0),
-    )
+    return FinalStats(sum(p.inertia for p in parts), np.sum([p.sizes for p in parts], axis=0))
 
 
 # --------------------------------------------------------------------------- #
