@@ -112,7 +112,7 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
     chunked.run_chunk_tasks(partial(_augment_chunk, plan=plan, out=str(work)), todo, rows, name="augment",
                             progress=progress, desc="augment")
     chunked.mark_complete(work)
-    replace_path(work, out)
+    replace_path(work, out, overwrite=overwrite)
     size = _disk_usage(out)
     raw = plan.n * (int(np.prod(plan.image_shape)) + 1 + 8)
     return {"rows": plan.n, "rows_written": int(sum(rows)), "resumed_chunks": int(done.sum()) if resumed else 0,

@@ -150,7 +150,7 @@ def _fit(args):
                 shutil.rmtree(work, ignore_errors=True)
             raise
     shutil.rmtree(work / "checkpoint")
-    replace_path(work, args.out)
+    replace_path(work, args.out, overwrite=args.overwrite)
     sizes = model.cluster_sizes_
     print(f"done in {time.perf_counter() - start:.1f} s: {model.n_iter_} iterations, inertia {model.inertia_:.6g}, "
           f"cluster sizes {sizes.min():,}..{sizes.max():,}")

@@ -68,10 +68,11 @@ def atomic_output(path, *, overwrite=False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists() and not overwrite:  # appeared while we worked: never clobber it silently
+    try:
+        replace_path(tmp, path, overwrite=overwrite)
+    except FileExistsError:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise FileExistsError(f"output {str(path)!r} appeared while writing; nothing was replaced")
-    replace_path(tmp, path)
+        raise
 
 
 def partial_path(path):
@@ -80,9 +81,18 @@ def partial_path(path):
     return path.with_name(path.name + ".partial")
 
 
-def replace_path(src, dst):
-    """Move the complete ``src`` to ``dst``, replacing ``dst`` only at the last moment."""
+def replace_path(src, dst, *, overwrite=False):
+    """Move the complete ``src`` to ``dst``, replacing ``dst`` only at the last moment.
+
+    Raises
+    ------
+    FileExistsError
+        ``dst`` exists (it appeared while ``src`` was being made) and ``overwrite`` is false:
+        it is never clobbered silently.
+    """
     src, dst = Path(src), Path(dst)
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"output {str(dst)!r} appeared while writing; nothing was replaced")
     if dst.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
         os.replace(dst, old / dst.name)

@@ -118,3 +118,20 @@ def test_bad_stores_are_refused(tmp_path, make, message):
     make(path)
     with pytest.raises((ValueError, FileNotFoundError, TypeError), match=message):
         open_store(path)
+
+
+def test_an_output_that_appears_meanwhile_is_never_clobbered(tmp_path):
+    from distkm.outputs import atomic_output, replace_path
+
+    with pytest.raises(FileExistsError, match="appeared while writing; nothing was replaced"):
+        with atomic_output(tmp_path / "out") as tmp:
+            (tmp / "new").write_text("new")
+            (tmp_path / "out").mkdir()  # someone else's output, created while we wrote ours
+            (tmp_path / "out" / "theirs").write_text("theirs")
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["theirs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # our temporary folder is gone
+    (tmp_path / "src").mkdir()
+    with pytest.raises(FileExistsError):
+        replace_path(tmp_path / "src", tmp_path / "out")
+    replace_path(tmp_path / "src", tmp_path / "out", overwrite=True)
+    assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / "src").exists()

@@ -92,12 +92,19 @@ def test_worker_killed_in_iteration_3_changes_nothing(fragile_cluster, fine_stor
 def test_worker_killed_while_writing_labels(fragile_cluster, fine_store, tmp_path):
     model = KMeans(10, random_state=0, max_iter=3).fit(fine_store)
     write_labels(tmp_path / "ref.zarr", model.labels_)
-    started = threading.Event()
-    thread, seen = kill_when(started.is_set, fragile_cluster)
-    started.set()
+    chunk_dir = tmp_path / "labels.zarr" / "c"  # 70 label chunks: kill once 5 are written
+    written_at_kill = []
+
+    def mid_pass():
+        count = len(os.listdir(chunk_dir)) if chunk_dir.exists() else 0
+        if count >= 5:
+            written_at_kill.append(count)
+        return count >= 5
+
+    thread, seen = kill_when(mid_pass, fragile_cluster)
     write_labels(tmp_path / "labels.zarr", model.predict(fine_store))
     thread.join()
-    assert "pid" in seen
+    assert "pid" in seen and written_at_kill[0] < 70  # killed during the pass, not after it
     ref = zarr.open_array(tmp_path / "ref.zarr", mode="r")[...]
     np.testing.assert_array_equal(zarr.open_array(tmp_path / "labels.zarr", mode="r")[...], ref)
 
