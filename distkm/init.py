@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from sklearn.cluster import kmeans_plusplus
+from sklearn.utils.random import sample_without_replacement
 
 
 def init_centers(x, n_clusters, init, random_state, *, weights=None, sample_size=20000):
@@ -47,7 +48,9 @@ def init_centers(x, n_clusters, init, random_state, *, weights=None, sample_size
             sample = x.compute().astype(np.float64)
             sample_weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         else:
-            index = np.sort(random_state.choice(n, size=size, replace=False))
+            # Not random_state.choice(n, size, replace=False): it permutes all n indices (2.5 s and
+            # 200 MB for 24M rows); this draws only the sample, from the same RandomState.
+            index = np.sort(sample_without_replacement(n, size, random_state=random_state))
             sample = take_rows(x, index)
             sample_weights = None if weights is None else np.asarray(weights[index], dtype=np.float64)
         centers, _ = kmeans_plusplus(sample, n_clusters, sample_weight=sample_weights, random_state=random_state)

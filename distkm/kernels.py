@@ -63,8 +63,21 @@ class DataSummary(NamedTuple):
     n_nonfinite: int
 
 
-def summarize_chunk(X, weights=None):
-    """Summary statistics of one chunk, see :class:`DataSummary`."""
+def summarize_chunk(X, weights=None, *, block_rows=65536):
+    """Summary statistics of one chunk, see :class:`DataSummary`.
+
+    Computed block by block and merged, so the float64 temporaries are
+    bounded by ``block_rows`` rows, not by the chunk (a 1M-pixel chunk
+    would otherwise need ~100 MB of them).
+    """
+    n, d = X.shape
+    if n <= block_rows:
+        return _summarize_block(X, weights)
+    return merge_summaries(*(_summarize_block(X[rows], None if weights is None else weights[rows])
+                             for rows in _blocks(n, block_rows)))
+
+
+def _summarize_block(X, weights=None):
     n, d = X.shape
     if n == 0:
         zeros = np.zeros(d)
@@ -82,6 +95,11 @@ def summarize_chunk(X, weights=None):
     else:
         weight_sum, weighted_sq_norm = float(weights.sum()), float(sq_norms @ weights)
     return DataSummary(n, mean, m2, weight_sum, weighted_sq_norm, n_nonfinite)
+
+
+def palette_lookup(labels, palette):
+    """Colour of every pixel from its cluster label (colour quantisation)."""
+    return palette[labels]
 
 
 def merge_summaries(*parts):
