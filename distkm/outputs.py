@@ -75,6 +75,20 @@ def atomic_output(path, *, overwrite=False):
         raise
 
 
+def write_text_atomic(path, text):
+    """Write a small text file (JSON, Markdown) whole or not at all: a temporary file, then a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def partial_path(path):
     """Where a resumable output is built before it is complete (``OUT.partial``, visible on purpose)."""
     path = Path(path)

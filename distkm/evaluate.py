@@ -1,0 +1,251 @@
+"""Evaluate a clustering out-of-core: one map-reduce pass per split of a store.
+
+Every chunk, under the fitted centers, contributes a contingency table
+(cluster x true class), its inertia, its nearest and random members per
+cluster and a slice of a uniform sample (:mod:`distkm.evaluation_kernels`);
+a fixed tree adds them up; the scores come from the tables
+(:mod:`distkm.metrics`). Only tables and a few hundred rows reach the client.
+
+Held-out evaluation: each cluster is mapped to the most frequent true class
+among its members in the *mapping split* (``train`` when the store has one),
+and that mapping scores every split, so the test accuracy is honest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import dask
+import numpy as np
+
+from . import config
+from .evaluation_kernels import TopRows, evaluate_chunk, merge_evaluations
+from .graph import map_reduce, row_offsets
+from .kernels import assign_labels
+from .lloyd import prepare_centers
+from .metrics import majority_mapping, mapped_accuracy, scores_from_table
+from .outputs import write_text_atomic
+
+#: Known class names of the shipped datasets (a store may carry its own ``label_names``).
+CLASS_NAMES = {
+    "fashion-mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"],
+}
+
+
+@dataclass
+class SplitEvaluation:
+    """The evaluation of the rows of one split.
+
+    Attributes
+    ----------
+    name : str
+        Split name (``train``, ``test``) or ``all``.
+    rows : int
+    row_range : tuple of int
+        ``[start, stop)`` of the split in the store.
+    inertia : float
+    table : ndarray of shape (k, n_classes), int64
+        Contingency table (one column when the store has no labels).
+    scores : dict or None
+        :func:`distkm.metrics.scores_from_table`, plus ``accuracy`` under the
+        mapping learnt on the mapping split; None without labels.
+    silhouette : float or None
+        Silhouette score of a uniform sample of the split's rows.
+    silhouette_sample : int
+        Rows in that sample.
+    nearest, random : TopRows or None
+        Per cluster, members nearest the center and random members (store row indices).
+    """
+
+    name: str
+    rows: int
+    row_range: tuple
+    inertia: float
+    table: np.ndarray
+    scores: dict | None
+    silhouette: float | None
+    silhouette_sample: int
+    nearest: TopRows | None = None
+    random: TopRows | None = None
+
+    @property
+    def cluster_sizes(self):
+        return self.table.sum(axis=1)
+
+    def to_dict(self):
+        out = {"rows": self.rows, "row_range": list(self.row_range), "inertia": self.inertia,
+               "inertia_per_row": self.inertia / self.rows, "cluster_sizes": self.cluster_sizes.tolist()}
+        out.update(self.scores or {})
+        out["silhouette"] = self.silhouette
+        out["silhouette_sample"] = self.silhouette_sample
+        out["contingency"] = self.table.tolist()
+        return out
+
+
+@dataclass
+class Evaluation:
+    """Scores of one clustering on every split of a store.
+
+    Attributes
+    ----------
+    splits : dict of str -> SplitEvaluation
+    mapping_split : str
+        Split whose majority labels define ``cluster_to_class``.
+    cluster_to_class : ndarray of shape (k,) or None
+        Class index of every cluster (-1: empty there); None without labels.
+    class_names : list of str or None
+    store : str
+    """
+
+    splits: dict
+    mapping_split: str
+    cluster_to_class: np.ndarray | None
+    class_names: list | None
+    store: str
+
+    @property
+    def labelled(self):
+        return self.cluster_to_class is not None
+
+    def to_dict(self):
+        return {
+            "store": self.store,
+            "mapping_split": self.mapping_split,
+            "class_names": self.class_names,
+            "cluster_to_class": None if self.cluster_to_class is None else self.cluster_to_class.tolist(),
+            "splits": {name: part.to_dict() for name, part in self.splits.items()},
+        }
+
+    def write_json(self, path):
+        """Write :meth:`to_dict` as JSON, atomically."""
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def table(self):
+        """The scores as a plain-text table, one line per split."""
+        columns = [("split", "{}"), ("rows", "{:,}"), ("inertia/row", "{:.6g}")]
+        if self.labelled:
+            columns += [("accuracy", "{:.4f}"), ("NMI", "{:.4f}"), ("ARI", "{:.4f}"), ("homog.", "{:.4f}"),
+                        ("compl.", "{:.4f}"), ("V", "{:.4f}")]
+        columns += [("silhouette", "{:.4f}")]
+        lines = []
+        for part in self.splits.values():
+            values = [part.name, part.rows, part.inertia / part.rows]
+            if self.labelled:
+                s = part.scores
+                values += [s["accuracy"], s["nmi"], s["ari"], s["homogeneity"], s["completeness"], s["v_measure"]]
+            values.append(part.silhouette)
+            lines.append(["-" if v is None else fmt.format(v) for (_, fmt), v in zip(columns, values)])
+        header = [name for name, _ in columns]
+        widths = [max(len(h), *(len(row[i]) for row in lines)) for i, h in enumerate(header)]
+        text = [" ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+        text += [" ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths)))
+                 for row in lines]
+        if self.labelled:
+            text.append(f"accuracy: each cluster labelled with the majority class of its {self.mapping_split} rows")
+        return "\n".join(text)
+
+
+def evaluate_store(model, store, *, mapping_split=None, n_members=20, silhouette_sample=None, seed=0,
+                   split_every=None, block_rows=None):
+    """Evaluate a fitted model on every split of a store, out-of-core.
+
+    Parameters
+    ----------
+    model : distkm.KMeans
+        Fitted.
+    store : distkm.data.ImageStore
+        Opened without a split (:func:`distkm.data.open_store`): all its splits are evaluated.
+    mapping_split : str, optional
+        Split on which clusters are mapped to classes (default ``train`` if
+        the store has it, else all rows).
+    n_members : int
+        Nearest and random members kept per cluster (of the mapping split), for pictures.
+    silhouette_sample : int, optional
+        Rows sampled per split for the silhouette score (default
+        ``distkm.silhouette-sample``; 0 skips it).
+    seed : int
+        Seed of the random members and the silhouette sample.
+    split_every, block_rows : int, optional
+        Tree fan-in and kernel block size (defaults from ``distkm`` config).
+
+    Returns
+    -------
+    Evaluation
+    """
+    x, y = store.images, store.labels
+    splits = {name: tuple(bounds) for name, bounds in store.attrs.get("splits", {}).items()}
+    if not splits or sum(stop - start for start, stop in splits.values()) != x.shape[0]:
+        splits = {"all": (0, x.shape[0])}
+    if mapping_split is None:
+        mapping_split = "train" if "train" in splits else next(iter(splits))
+    if mapping_split not in splits:
+        raise ValueError(f"store {str(store.path)!r} has no split {mapping_split!r} "
+                         f"(it has: {', '.join(splits)})")
+    sample = config.get("silhouette-sample") if silhouette_sample is None else silhouette_sample
+    n_classes, class_names = _classes(store) if y is not None else (1, None)
+    centers = np.asarray(model.cluster_centers_)
+    dtype = np.dtype(model.dtype)
+    jobs = {}
+    for name, (start, stop) in splits.items():
+        jobs[name] = evaluation_pass(
+            x[start:stop], None if y is None else y[start:stop], centers, dtype, n_classes=n_classes,
+            n_members=n_members if name == mapping_split else 0, sample_size=sample, seed=seed, row_offset=start,
+            split_every=split_every, block_rows=block_rows)
+    results = dict(zip(jobs, dask.compute(*jobs.values())))
+    mapping = majority_mapping(results[mapping_split].table) if y is not None else None
+    parts = {}
+    for name, result in results.items():
+        scores = None
+        if mapping is not None:
+            scores = scores_from_table(result.table)
+            scores["majority_accuracy"] = scores["accuracy"]  # each cluster labelled by this split's own majority
+            scores["accuracy"] = mapped_accuracy(result.table, mapping)
+        silhouette, used = _silhouette(result.sample, centers, dtype)
+        parts[name] = SplitEvaluation(name, int(result.table.sum()), splits[name], float(result.inertia),
+                                      result.table, scores, silhouette, used,
+                                      result.nearest if name == mapping_split else None,
+                                      result.random if name == mapping_split else None)
+    return Evaluation(parts, mapping_split, mapping, class_names, str(store.path))
+
+
+def evaluation_pass(x, y, centers, dtype, *, n_classes, n_members, sample_size, seed, row_offset=0,
+                    split_every=None, block_rows=None):
+    """Lazy :class:`~distkm.evaluation_kernels.ChunkEvaluation` of all rows of ``x`` (tasks ``distkm-evaluate``)."""
+    c, half = prepare_centers(centers, dtype)
+    offsets = row_offsets(x) + row_offset
+    chunk = partial(evaluate_chunk, n_classes=n_classes, n_members=n_members, sample_size=sample_size, seed=seed,
+                    block_rows=block_rows or config.get("block-rows"))
+    return map_reduce(x, chunk, merge_evaluations, name="evaluate", constants=(c, half), weights=y,
+                      split_every=split_every or config.get("split-every"),
+                      per_chunk=lambda i: {"row_offset": int(offsets[i])})
+
+
+def _classes(store):
+    """Number of classes and their names: the store's ``label_names``, a known dataset's, or 0..max."""
+    names = store.attrs.get("label_names") or CLASS_NAMES.get(store.attrs.get("source", {}).get("dataset"))
+    top = int(store.labels.max().compute())
+    if store.labels.dtype.kind not in "ui" or int(store.labels.min().compute()) < 0:
+        raise ValueError(f"store {str(store.path)!r}: labels must be non-negative integers")
+    if names is None or len(names) <= top:
+        names = [str(i) for i in range(top + 1)]
+    return len(names), list(names)
+
+
+def _silhouette(sample, centers, dtype):
+    """Silhouette score of the sampled rows under their nearest centers (None if undefined)."""
+    from sklearn.metrics import silhouette_score
+
+    used = int(sample.counts[0])
+    if used < 3:
+        return None, used
+    rows = sample.rows[0, :used]
+    c, half = prepare_centers(centers, dtype)
+    labels = assign_labels(rows, c, half)
+    if not 2 <= np.unique(labels).shape[0] <= used - 1:
+        return None, used
+    score = float(silhouette_score(rows.astype(np.float64), labels))
+    return (None if math.isnan(score) else score), used
