@@ -105,6 +105,7 @@ def _fit(args):
     from .estimator import KMeans
     from .model import save_model, write_labels
     from .outputs import check_output_path, partial_path, replace_path
+    from .report import report_run
 
     start = time.perf_counter()
     # Everything that can be checked without a cluster is checked first.
@@ -138,10 +139,12 @@ def _fit(args):
                                                             "split": args.split})
             data = {"path": str(Path(args.store).resolve()), "split": args.split, "array": "images",
                     "n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}
-            save_model(work, model, data=data, extra={"timings": {
+            meta = save_model(work, model, data=data, extra={"timings": {
                 "fit_seconds": fit_seconds,
                 "seconds_per_iteration": fit_seconds / max(model.n_iter_, 1),
                 "command_seconds": time.perf_counter() - start}})
+            evaluation = report_run(work, model, meta, open_store(args.store), evaluate=not args.no_evaluate,
+                                    pictures=not args.no_pictures, seed=args.seed or 0)
         except BaseException:
             if (work / "checkpoint" / "checkpoint.json").exists():
                 print(f"distkm: the fit so far is kept in {work}; run the same command with --resume to continue",
@@ -154,7 +157,44 @@ def _fit(args):
     sizes = model.cluster_sizes_
     print(f"done in {time.perf_counter() - start:.1f} s: {model.n_iter_} iterations, inertia {model.inertia_:.6g}, "
           f"cluster sizes {sizes.min():,}..{sizes.max():,}")
-    print(f"results in {args.out}/ (model.json, centroids.zarr, labels.zarr)")
+    if evaluation is not None:
+        print(evaluation.table())
+    print(f"results in {args.out}/ (model.json, centroids.zarr, labels.zarr, report.md"
+          f"{'' if args.no_evaluate else ', evaluation.json'}{'' if args.no_pictures else ', pictures/'})")
+
+
+def _report_flags(parser):
+    parser.add_argument("--no-evaluate", action="store_true",
+                        help="skip the evaluation pass (scores, members, confusion matrix)")
+    parser.add_argument("--no-pictures", action="store_true", help="write no PNG pictures")
+
+
+# --------------------------------------------------------------------------- #
+# distkm evaluate
+# --------------------------------------------------------------------------- #
+def _evaluate(args):
+    from .data import open_store
+    from .model import load_model
+    from .report import report_run
+
+    start = time.perf_counter()
+    model, meta = load_model(args.run)
+    data = args.data or meta.get("data", {}).get("path")
+    if not data:
+        raise ValueError(f"{args.run}/model.json does not say which store it was fitted on; pass --data STORE")
+    store = open_store(data)
+    if store.images.shape[1] != model.n_features_in_:
+        raise ValueError(f"store {data!r} has {store.images.shape[1]} features per row, "
+                         f"but the model was fitted on {model.n_features_in_}")
+    with _client(args) as client:
+        if not args.quiet:
+            print(f"evaluating {args.run} on {data} ({store.images.shape[0]:,} rows), "
+                  f"dashboard {client.dashboard_link}", flush=True)
+        evaluation = report_run(Path(args.run), model, meta, store, pictures=not args.no_pictures,
+                                n_members=args.members, silhouette_sample=args.silhouette_sample, seed=args.seed)
+    print(evaluation.table())
+    print(f"done in {time.perf_counter() - start:.1f} s: {args.run}/evaluation.json, {args.run}/report.md"
+          f"{'' if args.no_pictures else f', {args.run}/pictures/'}")
 
 
 def _client(args):
@@ -179,6 +219,70 @@ def _parse_init(value):
 
 def _parse_n_init(value):
     return value if value == "auto" else int(value)
+
+
+# --------------------------------------------------------------------------- #
+# distkm sweep
+# --------------------------------------------------------------------------- #
+def _sweep(args):
+    from .cache import cache_arrays
+    from .data import open_store
+    from .outputs import atomic_output, check_output_path
+    from .sweep import COLUMNS, format_table, parse_ks, replace_arrays, sweep, write_sweep
+
+    start = time.perf_counter()
+    ks = parse_ks(args.k)
+    store = open_store(args.store)
+    split = args.split
+    if split is None and "train" in store.attrs.get("splits", {}):
+        split = "train"  # fit on train, score on the held-out rows too
+    check_output_path(args.out, overwrite=args.overwrite)
+    fit_params = {"random_state": args.seed, "max_iter": args.max_iter, "tol": args.tol, "dtype": args.dtype,
+                  "n_init": _parse_n_init(args.n_init)}
+    with _client(args) as client, atomic_output(args.out, overwrite=args.overwrite) as tmp:
+        images, labels = cache_arrays(client, [store.images, store.labels], mode=_parse_cache(args.cache))
+        store = replace_arrays(store, images, labels)
+        if not args.quiet:
+            print(f"sweeping k={','.join(map(str, ks))} on {args.store}"
+                  f"{f' (fit on {split})' if split else ''}, dashboard {client.dashboard_link}", flush=True)
+
+        def show(row):
+            if not args.quiet:
+                shown = ", ".join(f"{header} {fmt.format(row[key])}" for key, header, fmt in COLUMNS[1:]
+                                  if row.get(key) is not None)
+                print(f"k={row['k']}: {shown}", flush=True)
+
+        rows = sweep(store, ks, split=split, out=tmp, fit_params=fit_params, silhouette_sample=args.silhouette_sample,
+                     seed=args.seed or 0, on_result=show)
+        write_sweep(tmp, rows, store=store, split=split, pictures=not args.no_pictures)
+    print(format_table(rows))
+    print(f"done in {time.perf_counter() - start:.1f} s: {args.out}/ (sweep.md, sweep.csv, sweep.json"
+          f"{'' if args.no_pictures else ', elbow.png'}, one run folder per k)")
+
+
+def _parse_cache(value):
+    return {"auto": "auto", "yes": True, "no": False}[value]
+
+
+# --------------------------------------------------------------------------- #
+# distkm quantize
+# --------------------------------------------------------------------------- #
+def _quantize(args):
+    from .quantize import quantize
+
+    start = time.perf_counter()
+    with _client(args) as client:
+        if not args.quiet:
+            print(f"quantizing {args.source} to {args.k} colours, dashboard {client.dashboard_link}", flush=True)
+        result = quantize(args.source, args.out, args.k, seed=args.seed, max_iter=args.max_iter,
+                          chunk_pixels=args.chunk_pixels, overwrite=args.overwrite,
+                          palette_picture=not args.no_pictures)
+    images = result.outputs[0] if len(result.outputs) == 1 else f"{len(result.outputs)} images in {args.out}"
+    print(f"wrote {images} ({result.n_pixels:,} pixels, {result.n_iter} iterations) and the palette "
+          f"{', '.join(map(str, result.palette_files))} in {time.perf_counter() - start:.1f} s")
+    order = np.argsort(-result.shares, kind="stable")
+    print("palette: " + " ".join(f"#{'{:02x}{:02x}{:02x}'.format(*result.palette[j])} {result.shares[j]:.1%}"
+                                 for j in order))
 
 
 # --------------------------------------------------------------------------- #
@@ -282,7 +386,52 @@ def _parser():
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder once the new one is done")
     fit.add_argument("--resume", action="store_true",
                      help="continue an interrupted fit from its last checkpoint (OUT.partial)")
+    _report_flags(fit)
     fit.set_defaults(func=_fit)
+
+    evaluate = sub.add_parser("evaluate", parents=[common, cluster],
+                              help="score a run against the true labels, on every split; pictures and report")
+    evaluate.add_argument("run", help="run folder written by distkm fit")
+    evaluate.add_argument("--data", help="labelled store to evaluate on (default: the store the run was fitted on)")
+    evaluate.add_argument("--members", type=int, help="members pictured per cluster (default distkm.members)")
+    evaluate.add_argument("--silhouette-sample", type=int,
+                          help="rows sampled per split for the silhouette score (default distkm.silhouette-sample; "
+                               "0 skips it)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the random members and the sample")
+    evaluate.add_argument("--no-pictures", action="store_true", help="write no PNG pictures")
+    evaluate.set_defaults(func=_evaluate)
+
+    sweeper = sub.add_parser("sweep", parents=[common, cluster],
+                             help="fit and score several k on one store: a table and an elbow plot")
+    sweeper.add_argument("store", help="zarr store with an 'images' array (and labels for the scores)")
+    sweeper.add_argument("--k", required=True, help="comma-separated list, e.g. 2,5,8,10,12,16,20,25,64,256")
+    sweeper.add_argument("--out", required=True, help="folder to create, e.g. runs/sweep")
+    sweeper.add_argument("--split", help="split to fit on (default: train when the store has one)")
+    sweeper.add_argument("--seed", type=int, default=0, help="random seed of every fit and of the scores' sample")
+    sweeper.add_argument("--max-iter", type=int, default=300)
+    sweeper.add_argument("--tol", type=float, default=1e-4)
+    sweeper.add_argument("--n-init", default="auto")
+    sweeper.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    sweeper.add_argument("--silhouette-sample", type=int,
+                         help="rows sampled for the silhouette score (default distkm.silhouette-sample; 0 skips it)")
+    sweeper.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
+                         help="keep the store's chunks in the workers' memory for all the fits "
+                              "(auto: when they take at most 40%% of it)")
+    sweeper.add_argument("--no-pictures", action="store_true", help="no elbow.png")
+    sweeper.add_argument("--overwrite", action="store_true")
+    sweeper.set_defaults(func=_sweep)
+
+    quant = sub.add_parser("quantize", parents=[common, cluster],
+                           help="reduce an image (or a folder of images) to k colours found by k-means")
+    quant.add_argument("source", help="an image file, or a folder of images (one palette for all)")
+    quant.add_argument("--k", type=_positive_int, required=True, help="number of colours")
+    quant.add_argument("--out", required=True, help="output image (for a file) or folder (for a folder)")
+    quant.add_argument("--seed", type=int, default=0)
+    quant.add_argument("--max-iter", type=int, default=300)
+    quant.add_argument("--chunk-pixels", type=_positive_int, default=1_000_000, help="pixels per chunk (task)")
+    quant.add_argument("--no-pictures", action="store_true", help="no palette PNG (the JSON is always written)")
+    quant.add_argument("--overwrite", action="store_true")
+    quant.set_defaults(func=_quantize)
 
     augment = sub.add_parser("augment", parents=[common, cluster],
                              help="generate a bigger store by distorting a store's images, on the cluster")

@@ -35,7 +35,8 @@ def fitted_run(tmp_path_factory, mnist_test_store):
 
 def test_fit_writes_a_complete_run_folder(fitted_run, mnist_test_store):
     out, result = fitted_run
-    assert sorted(p.name for p in out.iterdir()) == ["centroids.zarr", "labels.zarr", "model.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["centroids.zarr", "evaluation.json", "labels.zarr",
+                                                     "model.json", "pictures", "report.md"]
     meta = json.loads((out / "model.json").read_text())
     assert meta["params"] == {"n_clusters": 10, "init": "k-means++", "n_init": "auto", "max_iter": 12,
                               "tol": 1e-4, "random_state": 0, "dtype": "float32"}
@@ -153,8 +154,9 @@ def test_overwrite_replaces_the_run_once_complete(tmp_path, mnist_test_store, mn
     np.save(tmp_path / "init.npy", random_rows(mnist_test[0], 4))
     with dask.config.set({"distkm.local-cluster.n-workers": 1}):
         assert main(["fit", str(mnist_test_store), "--k", "4", "--out", str(out), "--overwrite", "--quiet",
-                     "--init", str(tmp_path / "init.npy"), "--max-iter", "3"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["centroids.zarr", "labels.zarr", "model.json"]
+                     "--init", str(tmp_path / "init.npy"), "--max-iter", "3", "--no-evaluate"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["centroids.zarr", "labels.zarr", "model.json", "pictures",
+                                                     "report.md"]
     assert json.loads((out / "model.json").read_text())["params"]["init"] == "array"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["init.npy", "run"]
 

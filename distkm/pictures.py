@@ -1,0 +1,229 @@
+"""Pictures of a run: centroids, cluster members, confusion matrix, convergence, elbow, palette.
+
+All drawn with matplotlib's object API (``matplotlib.figure.Figure``, no
+pyplot): no global state, no display needed, safe in threads. Every
+function writes one PNG and returns its path.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+DPI = 100
+#: Clusters per page of the members picture (one row each).
+MEMBERS_PER_PAGE = 16
+
+
+def image_shape_for(n_features, declared=None):
+    """Shape of one row as an image, or None when the rows are not images.
+
+    The store's declared ``image_shape`` wins when it matches; otherwise a
+    square grayscale image is assumed when ``n_features`` is a square (784 -> 28x28).
+    """
+    if declared and math.prod(declared) == n_features and len(declared) in (2, 3):
+        return tuple(int(v) for v in declared)
+    side = math.isqrt(n_features)
+    if side >= 4 and side * side == n_features:
+        return (side, side)
+    return None
+
+
+def _show(ax, row, image_shape):
+    image = np.asarray(row).reshape(image_shape)
+    if image.ndim == 3:  # colour: show as 8-bit RGB
+        ax.imshow(np.clip(np.rint(image), 0, 255).astype(np.uint8), interpolation="nearest")
+    else:  # MNIST digits are light on dark: draw them dark on light, as on paper
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _save(fig, path):
+    path = Path(path)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
+    return path
+
+
+def plot_centroids(centers, image_shape, path, *, titles=None, suptitle=None):
+    """The centroids as a grid of images, each titled (e.g. ``#3 → 7``)."""
+    k = centers.shape[0]
+    cols = min(k, 10 if k <= 100 else 16)
+    rows = math.ceil(k / cols)
+    cell = 1.1 if k <= 100 else 0.8
+    fig = Figure(figsize=(cols * cell, rows * (cell + 0.25) + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for j, ax in enumerate(axes.flat):
+        if j >= k:
+            ax.set_axis_off()
+            continue
+        _show(ax, centers[j], image_shape)
+        if titles is not None:
+            ax.set_title(titles[j], fontsize=8 if k <= 100 else 6, pad=2)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=11)
+    return _save(fig, path)
+
+
+def mosaic(images, gap=2, fill=0):
+    """Tile a (rows, cols, h, w[, c]) array of images into one image, ``gap`` pixels apart."""
+    rows, cols, h, w = images.shape[:4]
+    tail = images.shape[4:]
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, *tail), fill, dtype=images.dtype)
+    for r in range(rows):
+        for c in range(cols):
+            out[r * (h + gap): r * (h + gap) + h, c * (w + gap): c * (w + gap) + w] = images[r, c]
+    return out
+
+
+def plot_members(nearest, random, image_shape, path_stem, *, titles, per_page=MEMBERS_PER_PAGE):
+    """For each cluster, one row: its members nearest the center, then random members.
+
+    The thumbnails are tiled into one image per page (one ``imshow``, not one
+    axes per thumbnail: 40 x 16 axes take seconds to draw).
+
+    Parameters
+    ----------
+    nearest, random : TopRows
+        From the evaluation pass (``rows`` of shape (k, m, d)).
+    image_shape : tuple
+    path_stem : Path
+        Pages are written as ``<stem>-01.png``, ``<stem>-02.png``... (one page when k <= per_page:
+        ``<stem>.png``).
+    titles : list of str
+        Row label of every cluster.
+
+    Returns
+    -------
+    list of Path
+    """
+    k, m = nearest.keys.shape
+    colour = len(image_shape) == 3
+    # Empty slots (a cluster with fewer than m members) and the gaps are drawn as paper: 0 ink.
+    blank = np.zeros(image_shape, dtype=np.uint8) + (255 if colour else 0)
+    pages = math.ceil(k / per_page)
+    paths = []
+    for page in range(pages):
+        clusters = list(range(page * per_page, min(k, (page + 1) * per_page)))
+        tiles = np.empty((len(clusters), 2 * m + 1, *image_shape), dtype=np.uint8)
+        for r, j in enumerate(clusters):
+            for c in range(2 * m + 1):
+                source, slot = (nearest, c) if c < m else (random, c - m - 1)
+                real = c != m and source.index[j, slot] >= 0
+                tiles[r, c] = (np.clip(np.rint(source.rows[j, slot].astype(np.float64)), 0, 255)
+                               .reshape(image_shape) if real else blank)
+        h, w = image_shape[:2]
+        image = mosaic(tiles, gap=2, fill=255 if colour else 0)
+        fig = Figure(figsize=(image.shape[1] / 40 + 1.5, image.shape[0] / 40 + 0.8))
+        ax = fig.subplots()
+        if colour:
+            ax.imshow(image, interpolation="nearest")
+        else:
+            ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+        ax.set_yticks([r * (h + 2) + h / 2 for r in range(len(clusters))], [titles[j] for j in clusters], fontsize=10)
+        ax.set_xticks([m * (w + 2) / 2, (m + 1 + m / 2) * (w + 2)],
+                      [f"{m} nearest the center", f"{m} random members"], fontsize=9)
+        ax.xaxis.tick_top()
+        ax.tick_params(length=0)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        name = f"{path_stem.name}.png" if pages == 1 else f"{path_stem.name}-{page + 1:02d}.png"
+        paths.append(_save(fig, path_stem.with_name(name)))
+    return paths
+
+
+def plot_confusion(table, class_names, cluster_to_class, path, *, title="clusters vs true labels"):
+    """Contingency table as a heat map: clusters (rows, grouped by their class) against true labels."""
+    table = np.asarray(table)
+    k, n_classes = table.shape
+    order = np.lexsort((np.arange(k), cluster_to_class))  # clusters of the same class together
+    shares = table[order] / np.maximum(table[order].sum(axis=1, keepdims=True), 1)
+    height = max(3.0, min(0.28 * k + 1.5, 40.0))
+    fig = Figure(figsize=(max(5.0, 0.55 * n_classes + 2.5), height))
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(n_classes), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0,
+                  ha="right" if max(map(len, class_names)) > 2 else "center", fontsize=8)
+    step = max(1, k // 64)
+    ax.set_yticks(range(0, k, step), [f"#{order[i]} → {_class_name(cluster_to_class[order[i]], class_names)}"
+                                      for i in range(0, k, step)], fontsize=7)
+    ax.set_xlabel("true label")
+    ax.set_ylabel("cluster → inferred label")
+    if k <= 32 and n_classes <= 20:  # counts stay legible
+        for i in range(k):
+            for c in range(n_classes):
+                if table[order[i], c]:
+                    ax.text(c, i, f"{table[order[i], c]:,}", ha="center", va="center", fontsize=6,
+                            color="white" if shares[i, c] > 0.5 else "black")
+    fig.colorbar(image, ax=ax, label="share of the cluster's rows", shrink=0.8)
+    ax.set_title(title, fontsize=10)
+    return _save(fig, path)
+
+
+def _class_name(index, class_names):
+    return "∅" if index < 0 else class_names[index]
+
+
+def plot_convergence(history, path):
+    """Inertia per iteration (log scale), and the center shift."""
+    iterations = [h["iteration"] for h in history]
+    fig = Figure(figsize=(7, 3.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(iterations, [h["inertia"] for h in history], marker=".", lw=1)
+    ax1.set_xlabel("iteration")
+    ax1.set_ylabel("inertia")
+    ax1.set_title("inertia (before the update)", fontsize=9)
+    shifts = [max(h["center_shift"], 1e-300) for h in history]
+    ax2.semilogy(iterations, shifts, marker=".", lw=1, color="tab:orange")
+    ax2.set_xlabel("iteration")
+    ax2.set_ylabel("squared center shift")
+    ax2.set_title("center shift (stops below tol)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_sweep(rows, path):
+    """Elbow: inertia against k, and accuracy (train, test) and NMI against k."""
+    ks = [r["k"] for r in rows]
+    fig = Figure(figsize=(9, 3.6))
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.plot(ks, [r["inertia"] for r in rows], marker="o")
+    ax1.set_xscale("log")
+    ax1.set_xlabel("k")
+    ax1.set_ylabel("inertia (training rows)")
+    ax1.set_title("inertia against k (elbow)", fontsize=10)
+    for key, label in (("train_accuracy", "train accuracy"), ("test_accuracy", "test accuracy"), ("nmi", "NMI")):
+        values = [r.get(key) for r in rows]
+        if any(v is not None for v in values):
+            ax2.plot(ks, [np.nan if v is None else v for v in values], marker="o", label=label)
+    ax2.set_xscale("log")
+    ax2.set_ylim(0, 1)
+    ax2.set_xlabel("k")
+    ax2.set_title("scores against k", fontsize=10)
+    if ax2.lines:
+        ax2.legend(fontsize=8)
+    for ax in (ax1, ax2):
+        ax.set_xticks(ks, [str(k) for k in ks], fontsize=7)
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_palette(palette, shares, path):
+    """The colours of a quantised image as swatches, widest for the most used."""
+    order = np.argsort(-np.asarray(shares), kind="stable")
+    fig = Figure(figsize=(max(4.0, 0.6 * len(palette)), 1.4))
+    ax = fig.subplots()
+    left = 0.0
+    for j in order:
+        width = max(float(shares[j]), 0.01)
+        ax.barh(0, width, left=left, color=np.asarray(palette[j]) / 255.0, edgecolor="white", height=1)
+        left += width
+    ax.set_xlim(0, left)
+    ax.set_axis_off()
+    ax.set_title(f"{len(palette)} colours, width = share of pixels", fontsize=9)
+    return _save(fig, path)

@@ -1,0 +1,238 @@
+"""Colour quantisation: k-means on the pixels (n x 3) of one image or a folder of images.
+
+The pixels are streamed into a temporary zarr store (one row per pixel,
+chunked by rows), clustered by the same distributed Lloyd iterations as any
+store, and recoloured chunk by chunk on the workers into a second zarr
+array, from which each output image is assembled. The workers never hold
+more than a chunk, so an image larger than a worker's memory limit is fine;
+the client holds one image at a time, as decoding and encoding it requires.
+
+The palette is the centroids rounded to 8 bits. Pixel sums are exact
+(integers, see :mod:`distkm.kernels`), so a colour that makes up a whole
+cluster comes back exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+from dask.base import tokenize
+import numpy as np
+import zarr
+
+from .data import blosc_compressor, open_store
+from .estimator import KMeans
+from .folders import list_images
+from .kernels import palette_lookup
+from .outputs import atomic_output, check_output_path, write_text_atomic
+
+logger = logging.getLogger("distkm")
+
+#: Output formats: lossless ones keep the palette exact; JPEG blurs it.
+IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jpg", ".jpeg")
+#: Pixels per chunk of the temporary store (3 MB of uint8 RGB).
+DEFAULT_CHUNK_PIXELS = 1_000_000
+
+
+@dataclass
+class QuantizeResult:
+    """Outcome of :func:`quantize`.
+
+    Attributes
+    ----------
+    palette : ndarray of shape (k, 3), uint8
+    shares : ndarray of shape (k,)
+        Share of all pixels recoloured with each palette colour.
+    outputs : list of Path
+        The recoloured images, in input order.
+    palette_files : list of Path
+        The palette as JSON and as a PNG of swatches.
+    n_pixels : int
+    n_iter : int
+    inertia : float
+    """
+
+    palette: np.ndarray
+    shares: np.ndarray
+    outputs: list
+    palette_files: list
+    n_pixels: int
+    n_iter: int
+    inertia: float
+
+
+def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=DEFAULT_CHUNK_PIXELS,
+             overwrite=False, palette_picture=True):
+    """Recolour an image, or every image of a folder, with the ``k`` colours k-means finds in their pixels.
+
+    Runs on the current Dask scheduler (a ``distributed.Client`` when one is active).
+
+    Parameters
+    ----------
+    source : str or Path
+        An image file, or a folder of images (searched recursively; one palette for all).
+    out : str or Path
+        The output image (for a file), or the output folder (for a folder: same relative
+        paths, as PNG).
+    k : int
+        Number of colours.
+    seed : int
+        Seed of the k-means++ initialisation.
+    max_iter, tol
+        As for :class:`~distkm.KMeans`.
+    chunk_pixels : int
+        Pixels per chunk of the temporary store.
+    overwrite : bool
+        Replace existing outputs.
+    palette_picture : bool
+        Also draw the palette as a PNG.
+
+    Returns
+    -------
+    QuantizeResult
+    """
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise FileNotFoundError(f"no image or folder at {str(source)!r}")
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    with ExitStack() as stack:
+        if source.is_dir():
+            inputs = list_images(source)[0]
+            # The whole output folder appears at once, when every image is written.
+            folder = stack.enter_context(atomic_output(out, overwrite=overwrite))
+            outputs = [folder / p.relative_to(source).with_suffix(".png") for p in inputs]
+            palette_stem, work_parent = folder / "palette", out.parent
+        else:
+            if out.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ValueError(f"--out must name an image file ({', '.join(sorted(IMAGE_SUFFIXES))}), "
+                                 f"got {str(out)!r}")
+            inputs, outputs = [source], [out]
+            palette_stem, work_parent = out.with_name(out.stem + "-palette"), out.parent
+            for path in (out, palette_stem.with_suffix(".json"), palette_stem.with_suffix(".png")):
+                check_output_path(path, overwrite=overwrite)
+        work_parent.mkdir(parents=True, exist_ok=True)
+        # The pixels live in a hidden folder beside the outputs: on a cluster, storage every worker sees.
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.quantize-", dir=work_parent))
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        shapes = _write_pixels(inputs, work / "pixels.zarr", chunk_pixels)
+        pixels = open_store(work / "pixels.zarr").images
+        n = pixels.shape[0]
+        if n < k:
+            raise ValueError(f"the image(s) have {n} pixels, fewer than k={k} colours")
+        model = KMeans(n_clusters=k, random_state=seed, max_iter=max_iter, tol=tol, dtype="float32").fit(pixels)
+        palette = np.clip(np.rint(model.cluster_centers_.astype(np.float64)), 0, 255).astype(np.uint8)
+        recoloured = _recolour(pixels, model, palette, work / "recoloured.zarr")
+        written = _write_images(recoloured, shapes, outputs, overwrite=overwrite)
+        shares = model.cluster_sizes_ / n
+        palette_files = _write_palette(palette_stem, palette, shares, picture=palette_picture)
+    if source.is_dir():  # report where the files are now, not where they were written
+        written = [out / p.relative_to(folder) for p in written]
+        palette_files = [out / p.relative_to(folder) for p in palette_files]
+    return QuantizeResult(palette, shares, written, palette_files, n, int(model.n_iter_), float(model.inertia_))
+
+
+def _load_rgb(path):
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = None  # quantize is for big photos: the user's own files, decoded on purpose
+    try:
+        with Image.open(path) as img:
+            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def _write_pixels(inputs, path, chunk_pixels):
+    """Append the pixels of every image into one (n, 3) uint8 zarr array; returns the image shapes."""
+    shapes = []
+    for p in inputs:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(p) as img:  # the header only: sizes first, so the array is made once
+            width, height = img.size
+            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations by 90 degrees swap the sides
+                width, height = height, width
+        shapes.append((height, width))
+    n = sum(h * w for h, w in shapes)
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    images = group.create_array("images", shape=(n, 3), chunks=(chunk_pixels, 3), dtype="uint8",
+                                compressors=blosc_compressor(), dimension_names=["pixel", "channel"])
+    start = 0
+    carry = np.empty((0, 3), dtype=np.uint8)  # pixels of the previous image(s) not yet filling a chunk
+    for p, shape in zip(inputs, shapes):
+        rgb = _load_rgb(p)
+        if rgb.shape[:2] != shape:
+            raise ValueError(f"image {p} decoded as {rgb.shape[:2]}, its header said {shape}")
+        flat = rgb.reshape(-1, 3)
+        if carry.shape[0]:
+            head = chunk_pixels - carry.shape[0]
+            carry = np.concatenate([carry, flat[:head]])
+            flat = flat[head:]
+            if carry.shape[0] == chunk_pixels:
+                images[start:start + chunk_pixels] = carry
+                start, carry = start + chunk_pixels, np.empty((0, 3), dtype=np.uint8)
+        whole = (flat.shape[0] // chunk_pixels) * chunk_pixels
+        for i in range(0, whole, chunk_pixels):  # whole chunks only: no read-modify-write of a chunk
+            images[start:start + chunk_pixels] = flat[i:i + chunk_pixels]
+            start += chunk_pixels
+        if whole < flat.shape[0]:
+            carry = np.concatenate([carry, flat[whole:]])
+        del rgb, flat
+    if carry.shape[0]:
+        images[start:start + carry.shape[0]] = carry
+    group.attrs["distkm"] = {"complete": True, "image_shapes": [list(s) for s in shapes]}
+    return shapes
+
+
+def _recolour(pixels, model, palette, path):
+    """Every pixel replaced by its palette colour, written chunk by chunk by the workers."""
+    labels = model.predict(pixels)
+    colours = labels.map_blocks(palette_lookup, palette, new_axis=1, chunks=(labels.chunks[0], (3,)),
+                                dtype=np.uint8, name=f"distkm-recolour-{tokenize(labels, palette)}")
+    z = zarr.create_array(path, shape=colours.shape, chunks=(pixels.chunks[0][0], 3), dtype=np.uint8,
+                          compressors=blosc_compressor())
+    da.store(colours, z, lock=False)
+    return z
+
+
+def _write_images(recoloured, shapes, outputs, *, overwrite):
+    from PIL import Image
+
+    start, written = 0, []
+    for shape, path in zip(shapes, outputs):
+        n = shape[0] * shape[1]
+        image = Image.fromarray(recoloured[start:start + n].reshape(*shape, 3), mode="RGB")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+        try:
+            image.save(tmp)
+            if path.exists() and not overwrite:
+                raise FileExistsError(f"output {str(path)!r} appeared while writing; nothing was replaced")
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(path)
+        start += n
+    return written
+
+
+def _write_palette(stem, palette, shares, *, picture):
+    colours = [{"rgb": [int(v) for v in c], "hex": "#{:02x}{:02x}{:02x}".format(*c), "share": float(s)}
+               for c, s in zip(palette, shares)]
+    json_path = stem.with_suffix(".json")
+    write_text_atomic(json_path, json.dumps({"colours": colours}, indent=2) + "\n")
+    files = [json_path]
+    if picture:
+        from .pictures import plot_palette
+
+        files.append(plot_palette(palette, shares, stem.with_suffix(".png")))
+    return files

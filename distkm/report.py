@@ -1,0 +1,230 @@
+"""The pictures and the one-page Markdown report of a run folder.
+
+``distkm fit`` and ``distkm evaluate`` call :func:`write_run_report`; it adds
+to the run folder::
+
+    evaluation.json   scores per split, contingency tables, cluster -> class
+    pictures/         centroids.png, members*.png, confusion.png, convergence.png
+    report.md         parameters, convergence, scores and pictures on one page
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .outputs import write_text_atomic
+
+logger = logging.getLogger("distkm")
+
+PICTURES = "pictures"
+
+
+def report_run(run_dir, model, meta, store, *, evaluate=True, pictures=True, n_members=None,
+               silhouette_sample=None, seed=0):
+    """Evaluate a fitted run on its store (all splits) and write its evaluation, pictures and report.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run folder (``model.json`` and ``centroids.zarr`` already there).
+    model : distkm.KMeans
+    meta : dict
+        The run's ``model.json``.
+    store : distkm.data.ImageStore
+        Opened without a split.
+    evaluate : bool
+        Run the evaluation pass (else only the convergence and centroid pictures and the report).
+    pictures : bool
+    n_members, silhouette_sample, seed
+        See :func:`distkm.evaluate.evaluate_store`.
+
+    Returns
+    -------
+    distkm.evaluate.Evaluation or None
+    """
+    from . import config
+    from .evaluate import evaluate_store
+    from .pictures import image_shape_for
+
+    evaluation = None
+    if evaluate:
+        members = config.get("members") if n_members is None else n_members
+        evaluation = evaluate_store(model, store, mapping_split=_mapping_split(meta, store),
+                                    n_members=members if pictures else 0, silhouette_sample=silhouette_sample,
+                                    seed=seed)
+    image_shape = image_shape_for(model.cluster_centers_.shape[1], store.attrs.get("image_shape"))
+    write_run_report(run_dir, meta, model, evaluation, image_shape=image_shape, pictures=pictures)
+    return evaluation
+
+
+def _mapping_split(meta, store):
+    """Map clusters to classes on the split the model was fitted on, or on ``train``."""
+    split = meta.get("data", {}).get("split")
+    return split if split in store.attrs.get("splits", {}) else None
+
+
+def write_run_report(run_dir, meta, model, evaluation=None, *, image_shape=None, pictures=True):
+    """Write the evaluation, the pictures and ``report.md`` into a run folder.
+
+    Parameters
+    ----------
+    run_dir : Path
+    meta : dict
+        The run's ``model.json``.
+    model : distkm.KMeans
+        Fitted.
+    evaluation : distkm.evaluate.Evaluation, optional
+    image_shape : tuple, optional
+        Shape of a row as an image, or None for non-image data (no image pictures).
+    pictures : bool
+        Draw the PNGs.
+
+    Returns
+    -------
+    dict of str -> list of Path
+        The pictures written, by kind.
+    """
+    run_dir = Path(run_dir)
+    if evaluation is not None:
+        evaluation.write_json(run_dir / "evaluation.json")
+    drawn = {}
+    notes = []
+    if pictures:
+        drawn, notes = _draw(run_dir, meta, model, evaluation, image_shape)
+        for note in notes:
+            logger.info("%s", note)
+    write_text_atomic(run_dir / "report.md", render_report(meta, evaluation, drawn, notes, run_dir))
+    return drawn
+
+
+def _draw(run_dir, meta, model, evaluation, image_shape):
+    from . import pictures as pics
+
+    # Drawn into a fresh folder that then replaces pictures/: no mix of old and new pages.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{PICTURES}.tmp-", dir=run_dir))
+    tmp.chmod(0o755)  # mkdtemp makes 0o700; run folders are meant to be shared
+    drawn, notes = {}, []
+    try:
+        if meta.get("history"):
+            drawn["convergence"] = [pics.plot_convergence(meta["history"], tmp / "convergence.png")]
+        titles = _cluster_titles(model, evaluation)
+        if image_shape is None:
+            notes.append(f"no image pictures: rows of {model.cluster_centers_.shape[1]} features are not images "
+                         "of a known shape")
+        else:
+            split = f" ({evaluation.mapping_split} rows)" if evaluation is not None else ""
+            drawn["centroids"] = [pics.plot_centroids(model.cluster_centers_, image_shape, tmp / "centroids.png",
+                                                      titles=titles, suptitle=f"the {len(titles)} centroids{split}")]
+            part = evaluation.splits[evaluation.mapping_split] if evaluation is not None else None
+            if part is not None and part.nearest is not None and part.nearest.keys.shape[1]:
+                drawn["members"] = pics.plot_members(part.nearest, part.random, image_shape, tmp / "members",
+                                                     titles=titles)
+        if evaluation is not None and evaluation.labelled:
+            part = evaluation.splits[evaluation.mapping_split]
+            drawn["confusion"] = [pics.plot_confusion(part.table, evaluation.class_names,
+                                                      evaluation.cluster_to_class, tmp / "confusion.png",
+                                                      title=f"clusters vs true labels ({part.name} rows)")]
+        final = run_dir / PICTURES
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    drawn = {kind: [final / p.name for p in paths] for kind, paths in drawn.items()}
+    return drawn, notes
+
+
+def _cluster_titles(model, evaluation):
+    k = model.cluster_centers_.shape[0]
+    if evaluation is None:
+        return [f"#{j}" for j in range(k)]
+    sizes = evaluation.splits[evaluation.mapping_split].cluster_sizes
+    if not evaluation.labelled:
+        return [f"#{j} ({sizes[j]:,})" for j in range(k)]
+    names = evaluation.class_names
+    return [f"#{j} → {names[c] if c >= 0 else '∅'}" for j, c in enumerate(evaluation.cluster_to_class)]
+
+
+def render_report(meta, evaluation, drawn, notes, run_dir):
+    """The Markdown text of ``report.md``."""
+    run_dir = Path(run_dir)
+    data = meta.get("data", {})
+    where = data.get("path", "?") + (f" (split {data['split']})" if data.get("split") else "")
+    lines = [f"# distkm run `{run_dir.name.removesuffix('.partial')}`: k={meta['n_clusters']} on `{where}`", ""]
+    lines += [f"Created {meta.get('created', '?')} by distkm {meta.get('versions', {}).get('distkm', '?')}.", ""]
+    lines += ["## Parameters", "", "| parameter | value |", "|---|---|"]
+    lines += [f"| {name} | `{value}` |" for name, value in meta.get("params", {}).items()]
+    if isinstance(data.get("n_samples"), int):
+        lines.append(f"| rows x features | {data['n_samples']:,} x {data.get('n_features', '?')} |")
+    lines.append("")
+    lines += _convergence_section(meta, drawn)
+    if evaluation is not None:
+        lines += _evaluation_section(evaluation)
+    if drawn.get("centroids"):
+        lines += ["## Centroids", "", f"![centroids]({PICTURES}/{drawn['centroids'][0].name})", ""]
+    if drawn.get("members"):
+        lines += ["## Members", "", "For each cluster: the members nearest its center, then random members.", ""]
+        lines += [f"![members]({PICTURES}/{p.name})" for p in drawn["members"]] + [""]
+    if drawn.get("confusion"):
+        lines += ["## Confusion matrix", "", f"![confusion]({PICTURES}/{drawn['confusion'][0].name})", ""]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in notes] + [""]
+    return "\n".join(lines)
+
+
+def _convergence_section(meta, drawn):
+    history = meta.get("history", [])
+    timings = meta.get("timings", {})
+    lines = ["## Convergence", ""]
+    summary = f"{meta.get('n_iter', '?')} iterations, final inertia {meta.get('inertia', float('nan')):.6g}"
+    if "fit_seconds" in timings:
+        summary += (f"; fit {timings['fit_seconds']:.1f} s "
+                    f"({timings.get('seconds_per_iteration', float('nan')):.3f} s per iteration)")
+    lines += [summary + ".", ""]
+    if drawn.get("convergence"):
+        lines += [f"![convergence]({PICTURES}/{drawn['convergence'][0].name})", ""]
+    if history:
+        shown = history if len(history) <= 30 else history[:10] + [None] + history[-10:]
+        lines += ["| iteration | inertia | squared center shift | seconds |", "|---:|---:|---:|---:|"]
+        for h in shown:
+            lines.append("| … | | | |" if h is None else
+                         f"| {h['iteration']} | {h['inertia']:.6g} | {h['center_shift']:.3g} | "
+                         f"{h.get('seconds', float('nan')):.3f} |")
+        lines.append("")
+    return lines
+
+
+def _evaluation_section(evaluation):
+    lines = ["## Scores", ""]
+    names = ["rows", "inertia per row"]
+    if evaluation.labelled:
+        names += ["accuracy", "NMI", "ARI", "homogeneity", "completeness", "V-measure"]
+    names += ["silhouette (sample)"]
+    lines += ["| split | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for part in evaluation.splits.values():
+        cells = [f"{part.rows:,}", f"{part.inertia / part.rows:.6g}"]
+        if evaluation.labelled:
+            s = part.scores
+            cells += [f"{s[key]:.4f}" for key in ("accuracy", "nmi", "ari", "homogeneity", "completeness",
+                                                   "v_measure")]
+        cells.append("-" if part.silhouette is None else f"{part.silhouette:.4f} ({part.silhouette_sample:,})")
+        lines.append(f"| {part.name} | " + " | ".join(cells) + " |")
+    lines.append("")
+    if evaluation.labelled:
+        lines += [f"Accuracy: every cluster is labelled with the most frequent true class of its "
+                  f"{evaluation.mapping_split} rows, and that labelling scores every split.", ""]
+        mapping = evaluation.cluster_to_class
+        names_of = [evaluation.class_names[c] if c >= 0 else "∅" for c in mapping]
+        counts = np.bincount(mapping[mapping >= 0], minlength=len(evaluation.class_names))
+        missing = [evaluation.class_names[c] for c in np.flatnonzero(counts == 0)]
+        lines += [f"Clusters → classes: {', '.join(f'#{j} → {n}' for j, n in enumerate(names_of))}."]
+        if missing:
+            lines += ["", f"No cluster stands for: {', '.join(missing)}."]
+        lines.append("")
+    return lines

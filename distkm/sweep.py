@@ -1,0 +1,150 @@
+"""Choose k: fit and evaluate a list of k on one store, with one cluster and one read of the data.
+
+The store is cached on the workers when it fits (:mod:`distkm.cache`), so
+the ten or so fits of a sweep read it once. Each k gets a small run folder
+(``k=010/``: model, evaluation) that ``distkm evaluate`` can picture later;
+the sweep itself writes a table and an elbow plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from .estimator import KMeans
+from .evaluate import evaluate_store
+from .model import save_model
+from .outputs import write_text_atomic
+
+logger = logging.getLogger("distkm")
+
+#: Columns of the sweep table: (key, header, format).
+COLUMNS = [
+    ("k", "k", "{:d}"),
+    ("inertia", "inertia", "{:.5g}"),
+    ("train_accuracy", "train acc.", "{:.4f}"),
+    ("test_accuracy", "test acc.", "{:.4f}"),
+    ("nmi", "NMI", "{:.4f}"),
+    ("ari", "ARI", "{:.4f}"),
+    ("silhouette", "silhouette", "{:.4f}"),
+    ("n_iter", "iterations", "{:d}"),
+    ("fit_seconds", "fit s", "{:.1f}"),
+]
+
+
+def parse_ks(text):
+    """``"2,5,10"`` -> ``[2, 5, 10]`` (sorted, without repeats), with a clear error for anything else."""
+    try:
+        ks = sorted({int(v) for v in str(text).split(",") if v.strip()})
+    except ValueError:
+        raise ValueError(f"--k must be a comma-separated list of integers, e.g. 2,5,10; got {text!r}") from None
+    if not ks or ks[0] < 1:
+        raise ValueError(f"--k needs positive integers, got {text!r}")
+    return ks
+
+
+def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample=None, seed=0, on_result=None):
+    """Fit and evaluate every k of ``ks`` on a store.
+
+    Parameters
+    ----------
+    store : distkm.data.ImageStore
+        Opened without a split; its arrays may already be cached on the workers.
+    ks : list of int
+    split : str, optional
+        Split to fit on (``train``); all splits are evaluated, with clusters
+        mapped to classes on this split.
+    out : Path, optional
+        Folder that receives a ``k=NNN`` run folder per k.
+    fit_params : dict, optional
+        More :class:`~distkm.KMeans` parameters (``random_state``, ``max_iter``, ``dtype``...).
+    silhouette_sample : int, optional
+        See :func:`distkm.evaluate.evaluate_store`.
+    seed : int
+        Seed of the evaluation's sample.
+    on_result : callable, optional
+        Called with each row as soon as its k is done.
+
+    Returns
+    -------
+    list of dict
+        One row per k: the :data:`COLUMNS` and more (homogeneity, completeness, V-measure, cluster sizes).
+    """
+    splits = store.attrs.get("splits", {})
+    if split is not None and split not in splits:
+        raise ValueError(f"store {str(store.path)!r} has no split {split!r} (it has: {', '.join(splits) or 'none'})")
+    start, stop = splits[split] if split else (0, store.images.shape[0])
+    x = store.images[start:stop]
+    if ks[-1] > x.shape[0]:
+        raise ValueError(f"n_samples={x.shape[0]} should be >= n_clusters={ks[-1]} (the largest k of the sweep).")
+    held_out = [name for name in splits if name != split] if split else []
+    rows = []
+    for k in ks:
+        model = KMeans(n_clusters=k, **(fit_params or {}))
+        began = time.perf_counter()
+        model.fit(x)
+        fit_seconds = time.perf_counter() - began
+        evaluation = evaluate_store(model, store, mapping_split=split, n_members=0,
+                                    silhouette_sample=silhouette_sample, seed=seed)
+        trained = evaluation.splits[evaluation.mapping_split]
+        row = {"k": k, "inertia": model.inertia_, "n_iter": int(model.n_iter_), "fit_seconds": fit_seconds,
+               "silhouette": trained.silhouette, "cluster_sizes": model.cluster_sizes_.tolist()}
+        if evaluation.labelled:
+            scores = trained.scores
+            row.update(train_accuracy=scores["accuracy"], nmi=scores["nmi"], ari=scores["ari"],
+                       homogeneity=scores["homogeneity"], completeness=scores["completeness"],
+                       v_measure=scores["v_measure"])
+            if held_out:
+                row["test_accuracy"] = evaluation.splits[held_out[0]].scores["accuracy"]
+                row["test_split"] = held_out[0]
+        if out is not None:
+            run_dir = Path(out) / f"k={k:03d}"
+            run_dir.mkdir()
+            data = {"path": str(Path(store.path).resolve()), "split": split, "array": "images",
+                    "n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}
+            save_model(run_dir, model, data=data, extra={"timings": {"fit_seconds": fit_seconds}})
+            evaluation.write_json(run_dir / "evaluation.json")
+        rows.append(row)
+        if on_result is not None:
+            on_result(row)
+    return rows
+
+
+def format_table(rows, *, markdown=False):
+    """The sweep rows as a text (or Markdown) table; columns without values are left out."""
+    columns = [c for c in COLUMNS if any(r.get(c[0]) is not None for r in rows)]
+    cells = [[("-" if r.get(key) is None else fmt.format(r[key])) for key, _, fmt in columns] for r in rows]
+    headers = [header for _, header, _ in columns]
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
+    return "\n".join(" ".join(v.rjust(w) for v, w in zip(line, widths)) for line in [headers, *cells])
+
+
+def write_sweep(out, rows, *, store, split, pictures=True):
+    """Write ``sweep.json``, ``sweep.md``, ``sweep.csv`` and ``elbow.png`` into ``out``."""
+    out = Path(out)
+    doc = {"store": str(Path(store.path).resolve()), "split": split, "rows": rows}
+    write_text_atomic(out / "sweep.json", json.dumps(doc, indent=2) + "\n")
+    keys = [key for key, _, _ in COLUMNS if any(r.get(key) is not None for r in rows)]
+    csv = [",".join(keys)] + [",".join("" if r.get(key) is None else repr(r[key]) for key in keys) for r in rows]
+    write_text_atomic(out / "sweep.csv", "\n".join(csv) + "\n")
+    text = [f"# k-means sweep on `{doc['store']}`" + (f" (fitted on split {split})" if split else ""), "",
+            format_table(rows, markdown=True), ""]
+    if pictures:
+        from .pictures import plot_sweep
+
+        plot_sweep(rows, out / "elbow.png")
+        text += ["![inertia and scores against k](elbow.png)", ""]
+    text += ["Accuracy: every cluster is labelled with the most frequent true class of its training rows; "
+             "the test accuracy applies that labelling to the held-out rows.", ""]
+    write_text_atomic(out / "sweep.md", "\n".join(text))
+
+
+def replace_arrays(store, images, labels):
+    """The same store with its dask arrays replaced (e.g. by cached ones)."""
+    return dataclasses.replace(store, images=images, labels=labels)
