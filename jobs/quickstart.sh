@@ -12,4 +12,4 @@ if [ ! -x .venv/bin/distkm ]; then
   .venv/bin/pip install --quiet -e ".[test]"
 fi
 [ -d data/mnist.zarr ] || .venv/bin/distkm ingest mnist --out data/mnist.zarr
-.venv/bin/distkm fit data/mnist.zarr --k 10 --seed 0 --out runs/mnist-k10 --overwrite "$@"
+.venv/bin/distkm fit data/mnist.zarr --split train --k 10 --seed 0 --out runs/mnist-k10 --overwrite "$@"
