@@ -12,6 +12,7 @@ import logging
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from . import __version__
 
 EXIT_ERROR = 1
+PERFORMANCE_REPORT = "performance-report.html"
 EXIT_INTERRUPTED = 130
 
 
@@ -122,14 +124,13 @@ def _fit(args):
     model._validate_params()
     if x.shape[0] < args.k:
         raise ValueError(f"n_samples={x.shape[0]} should be >= n_clusters={args.k}.")
-    with _client(args) as client:
-        if not args.quiet:
-            print(f"distkm {__version__}: k={args.k} on {args.store} ({x.shape[0]:,} rows x {x.shape[1]}, "
-                  f"{x.numblocks[0]} chunk{'s' if x.numblocks[0] != 1 else ''}), "
-                  f"{len(client.scheduler_info()['workers'])} workers, "
-                  f"dashboard {client.dashboard_link}", flush=True)
-        work.mkdir(parents=True, exist_ok=True)
-        try:
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with _client(args, report_folder=work) as client:
+            if not args.quiet:
+                print(f"distkm {__version__}: k={args.k} on {args.store} ({x.shape[0]:,} rows x {x.shape[1]}, "
+                      f"{x.numblocks[0]} chunk{'s' if x.numblocks[0] != 1 else ''}), "
+                      f"{len(client.scheduler_info()['workers'])} workers", flush=True)
             fit_start = time.perf_counter()
             model.fit(x)
             fit_seconds = time.perf_counter() - fit_start
@@ -145,13 +146,13 @@ def _fit(args):
                 "command_seconds": time.perf_counter() - start}})
             evaluation = report_run(work, model, meta, open_store(args.store), evaluate=not args.no_evaluate,
                                     pictures=not args.no_pictures, seed=args.seed or 0)
-        except BaseException:
-            if (work / "checkpoint" / "checkpoint.json").exists():
-                print(f"distkm: the fit so far is kept in {work}; run the same command with --resume to continue",
-                      file=sys.stderr)
-            else:  # nothing worth resuming: leave nothing behind
-                shutil.rmtree(work, ignore_errors=True)
-            raise
+    except BaseException:
+        if (work / "checkpoint" / "checkpoint.json").exists():
+            print(f"distkm: the fit so far is kept in {work}; run the same command with --resume to continue",
+                  file=sys.stderr)
+        else:  # nothing worth resuming: leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     shutil.rmtree(work / "checkpoint")
     replace_path(work, args.out, overwrite=args.overwrite)
     sizes = model.cluster_sizes_
@@ -186,10 +187,9 @@ def _evaluate(args):
     if store.images.shape[1] != model.n_features_in_:
         raise ValueError(f"store {data!r} has {store.images.shape[1]} features per row, "
                          f"but the model was fitted on {model.n_features_in_}")
-    with _client(args) as client:
+    with _client(args, report_folder=args.run):
         if not args.quiet:
-            print(f"evaluating {args.run} on {data} ({store.images.shape[0]:,} rows), "
-                  f"dashboard {client.dashboard_link}", flush=True)
+            print(f"evaluating {args.run} on {data} ({store.images.shape[0]:,} rows)", flush=True)
         evaluation = report_run(Path(args.run), model, meta, store, pictures=not args.no_pictures,
                                 n_members=args.members, silhouette_sample=args.silhouette_sample, seed=args.seed)
     print(evaluation.table())
@@ -197,11 +197,25 @@ def _evaluate(args):
           f"{'' if args.no_pictures else f', {args.run}/pictures/'}")
 
 
-def _client(args):
+@contextmanager
+def _client(args, report_folder=None):
+    """The command's Dask client; with --performance-report, a self-contained HTML report of the
+    command's work is written into ``report_folder`` when the block ends."""
     from .cluster import dask_client
 
-    return dask_client(args.scheduler, cluster_config=args.cluster_config, n_workers=args.n_workers,
-                       threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit)
+    with dask_client(args.scheduler, cluster_config=args.cluster_config, n_workers=args.n_workers,
+                     threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit) as client:
+        if not args.quiet:
+            link = client.dashboard_link
+            print(f"Dask dashboard: {link} (iterations and inertia: {link.rsplit('/', 1)[0]}/distkm)", flush=True)
+        if getattr(args, "performance_report", False) and report_folder is not None:
+            from distributed import performance_report
+
+            # mode="inline": bokeh's JavaScript inside the file, so it opens offline
+            with performance_report(filename=str(Path(report_folder) / PERFORMANCE_REPORT), mode="inline"):
+                yield client
+        else:
+            yield client
 
 
 def _parse_init(value):
@@ -239,12 +253,12 @@ def _sweep(args):
     check_output_path(args.out, overwrite=args.overwrite)
     fit_params = {"random_state": args.seed, "max_iter": args.max_iter, "tol": args.tol, "dtype": args.dtype,
                   "n_init": _parse_n_init(args.n_init)}
-    with _client(args) as client, atomic_output(args.out, overwrite=args.overwrite) as tmp:
+    with atomic_output(args.out, overwrite=args.overwrite) as tmp, _client(args, report_folder=tmp) as client:
         images, labels = cache_arrays(client, [store.images, store.labels], mode=_parse_cache(args.cache))
         store = replace_arrays(store, images, labels)
         if not args.quiet:
             print(f"sweeping k={','.join(map(str, ks))} on {args.store}"
-                  f"{f' (fit on {split})' if split else ''}, dashboard {client.dashboard_link}", flush=True)
+                  f"{f' (fit on {split})' if split else ''}", flush=True)
 
         def show(row):
             if not args.quiet:
@@ -271,9 +285,9 @@ def _quantize(args):
     from .quantize import quantize
 
     start = time.perf_counter()
-    with _client(args) as client:
+    with _client(args):
         if not args.quiet:
-            print(f"quantizing {args.source} to {args.k} colours, dashboard {client.dashboard_link}", flush=True)
+            print(f"quantizing {args.source} to {args.k} colours", flush=True)
         result = quantize(args.source, args.out, args.k, seed=args.seed, max_iter=args.max_iter,
                           chunk_pixels=args.chunk_pixels, overwrite=args.overwrite,
                           palette_picture=not args.no_pictures)
@@ -292,9 +306,9 @@ def _augment(args):
     from .augment import augment_store
 
     shape = tuple(int(v) for v in args.image_shape.lower().split("x")) if args.image_shape else None
-    with _client(args) as client:
+    with _client(args):
         if not args.quiet:
-            print(f"generating {args.n:,} rows from {args.source} into {args.out}, dashboard {client.dashboard_link}",
+            print(f"generating {args.n:,} rows from {args.source} into {args.out}",
                   flush=True)
         result = augment_store(args.source, args.out, args.n, seed=args.seed, split=args.split,
                                chunk_rows=args.chunk_rows, compressor=args.compressor,
@@ -319,10 +333,10 @@ def _predict(args):
     store = open_store(args.store, split=args.split)
     check_output_path(args.out, overwrite=args.overwrite)
     labels = model.predict(store.images)
-    with _client(args) as client, \
+    with _client(args), \
             atomic_output(args.out, overwrite=args.overwrite) as tmp:
         if not args.quiet:
-            print(f"assigning {store.images.shape[0]:,} rows of {args.store}, dashboard {client.dashboard_link}",
+            print(f"assigning {store.images.shape[0]:,} rows of {args.store}",
                   flush=True)
         write_labels(tmp, labels, attrs={"model": str(Path(args.run).resolve()),
                                          "store": str(Path(args.store).resolve()), "split": args.split})
@@ -372,7 +386,12 @@ def _parser():
     cluster.add_argument("--threads-per-worker", type=_positive_int, help="LocalCluster threads per worker")
     cluster.add_argument("--memory-limit", help="LocalCluster memory limit per worker, e.g. 2GiB")
 
-    fit = sub.add_parser("fit", parents=[common, cluster], help="cluster a store; write a run folder")
+    report = argparse.ArgumentParser(add_help=False)
+    report.add_argument("--performance-report", action="store_true",
+                        help=f"write a Dask performance report ({PERFORMANCE_REPORT}, self-contained HTML) "
+                             "into the output folder")
+
+    fit = sub.add_parser("fit", parents=[common, cluster, report], help="cluster a store; write a run folder")
     fit.add_argument("store", help="zarr store with an 'images' array")
     fit.add_argument("--k", type=int, required=True, help="number of clusters")
     fit.add_argument("--out", required=True, help="run folder to create, e.g. runs/mnist-k10")
@@ -389,7 +408,7 @@ def _parser():
     _report_flags(fit)
     fit.set_defaults(func=_fit)
 
-    evaluate = sub.add_parser("evaluate", parents=[common, cluster],
+    evaluate = sub.add_parser("evaluate", parents=[common, cluster, report],
                               help="score a run against the true labels, on every split; pictures and report")
     evaluate.add_argument("run", help="run folder written by distkm fit")
     evaluate.add_argument("--data", help="labelled store to evaluate on (default: the store the run was fitted on)")
@@ -401,7 +420,7 @@ def _parser():
     evaluate.add_argument("--no-pictures", action="store_true", help="write no PNG pictures")
     evaluate.set_defaults(func=_evaluate)
 
-    sweeper = sub.add_parser("sweep", parents=[common, cluster],
+    sweeper = sub.add_parser("sweep", parents=[common, cluster, report],
                              help="fit and score several k on one store: a table and an elbow plot")
     sweeper.add_argument("store", help="zarr store with an 'images' array (and labels for the scores)")
     sweeper.add_argument("--k", required=True, help="comma-separated list, e.g. 2,5,8,10,12,16,20,25,64,256")

@@ -21,7 +21,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import config, lloyd
+from . import config, dashboard, lloyd
 from .checkpoint import Checkpoint, FitState, digest
 from .data import as_dask_array
 from .init import init_centers
@@ -187,7 +187,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             if checkpoint is not None:
                 def on_iteration(centers, history, converged, run=run, rng_state=rng_state):
                     checkpoint.save(FitState(fingerprint, run, centers, history, converged, rng_state, best))
-            progress = partial(_print_iteration, checkpointed=checkpoint is not None) if self.verbose else None
+            progress = partial(_report_iteration, run=run, n_clusters=self.n_clusters, verbose=self.verbose,
+                               checkpointed=checkpoint is not None)
             result = lloyd.lloyd(x, centers, summary=summary, max_iter=self.max_iter, tol=tol, dtype=dtype,
                                  weights=weights, split_every=split_every, block_rows=block_rows, callback=progress,
                                  history=history, converged=done, on_iteration=on_iteration)
@@ -318,6 +319,13 @@ def _check_sample_weight(sample_weight, x):
     if not finite or negative or total <= 0:
         raise ValueError("sample_weight must be finite and non-negative, with at least one non-zero weight")
     return w
+
+
+def _report_iteration(record, *, run, n_clusters, verbose, checkpointed=False):
+    """Every iteration goes to the dashboard's /distkm page; and to stdout when verbose."""
+    dashboard.publish("iteration", {**record, "run": run, "n_clusters": n_clusters})
+    if verbose:
+        _print_iteration(record, checkpointed)
 
 
 def _print_iteration(record, checkpointed=False):

@@ -214,12 +214,12 @@ def evaluate_store(model, store, *, mapping_split=None, n_members=20, silhouette
 
 def evaluation_pass(x, y, centers, dtype, *, n_classes, n_members, sample_size, seed, row_offset=0,
                     split_every=None, block_rows=None):
-    """Lazy :class:`~distkm.evaluation_kernels.ChunkEvaluation` of all rows of ``x`` (tasks ``distkm-evaluate``)."""
+    """Lazy :class:`~distkm.evaluation_kernels.ChunkEvaluation` of all rows of ``x`` (tasks ``distkm-evaluation``)."""
     c, half = prepare_centers(centers, dtype)
     offsets = row_offsets(x) + row_offset
     chunk = partial(evaluate_chunk, n_classes=n_classes, n_members=n_members, sample_size=sample_size, seed=seed,
                     block_rows=block_rows or config.get("block-rows"))
-    return map_reduce(x, chunk, merge_evaluations, name="evaluate", constants=(c, half), weights=y,
+    return map_reduce(x, chunk, merge_evaluations, name="evaluation", constants=(c, half), weights=y,
                       split_every=split_every or config.get("split-every"),
                       per_chunk=lambda i: {"row_offset": int(offsets[i])})
 

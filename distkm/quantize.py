@@ -200,7 +200,7 @@ def _recolour(pixels, model, palette, path):
                                 dtype=np.uint8, name=f"distkm-recolour-{tokenize(labels, palette)}")
     z = zarr.create_array(path, shape=colours.shape, chunks=(pixels.chunks[0][0], 3), dtype=np.uint8,
                           compressors=blosc_compressor())
-    da.store(colours, z, lock=False)
+    da.store(colours, z, lock=False, optimize_graph=False)  # keep the distkm-recolour name on the dashboard
     return z
 
 

@@ -175,7 +175,12 @@ def test_ingest_command(tmp_path):
     (None, "cluster config '{path}' not found"),
     ("type: local\nlocal: [unclosed\n", "is not valid YAML at line 3: expected ',' or ']'"),
     ("type: moon\n", "unknown type 'moon'; expected one of local, address"),
-    ("type: slurm\n", "type 'slurm' is not supported yet"),
+    ("type: slurm\nslurm: {cores: 2}\n", "slurm.memory is required (e.g. memory: 4GiB (per SLURM job))"),
+    ("type: slurm\nslurm: {cores: two, memory: 4GiB}\n", "slurm.cores must be of type int, got 'two'"),
+    ("type: tls\ntls: {scheduler: tls://h:1, ca-file: ca.pem, cert: c.pem, key: k.pem}\n",
+     "tls.ca-file file '{dir}/ca.pem' not found"),
+    ("type: tls\ntls: {scheduler: tcp://h:1, ca-file: a, cert: b, key: c}\n", "tls.scheduler must be a tls:// address"),
+    ("type: ssh\nssh: {hosts: [one]}\n", "ssh.hosts needs at least two hosts"),
     ("type: address\naddress: {}\n", "address.scheduler is required (e.g. scheduler: tcp://10.0.0.5:8786)"),
     ("type: local\nlocal:\n  n-worker: 2\n", "unknown field local.n-worker"),
 ])
@@ -186,7 +191,7 @@ def test_bad_cluster_config(tmp_path, capsys, mnist_test_store, content, message
     code = main(["fit", str(mnist_test_store), "--k", "3", "--out", str(tmp_path / "run"),
                  "--cluster-config", str(path)])
     err = capsys.readouterr().err
-    assert code == 1 and err.count("\n") == 1 and message.format(path=path) in err, err
+    assert code == 1 and err.count("\n") == 1 and message.format(path=path, dir=tmp_path) in err, err
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
 
 

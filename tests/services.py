@@ -1,0 +1,222 @@
+"""Real servers for the cluster tests, started and stopped by the tests themselves.
+
+* ``dask_processes``: ``dask scheduler`` and ``dask worker`` as separate processes on 127.0.0.1,
+  optionally over TLS.
+* ``make_certificates``: a CA and certificates signed by it (openssl), for TLS.
+* ``slurm``: a single-node SLURM (munged, slurmctld, slurmd) with its configuration, key,
+  state and logs in a temporary folder; needs root and Debian's slurm packages (``.ci/run``
+  installs them). No systemd: the daemons are started by hand and killed afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port, timeout=30.0, procs=()):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{p.args[:3]} exited with {p.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def _stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextmanager
+def dask_processes(n_workers=2, *, tls=None, log_dir):
+    """A ``dask scheduler`` and ``n_workers`` ``dask worker`` processes (1 thread each) on 127.0.0.1.
+
+    Parameters
+    ----------
+    tls : dict, optional
+        ``{"ca": ..., "cert": ..., "key": ...}``: scheduler and workers speak TLS only.
+    log_dir : Path
+        Where their stdout/stderr go.
+
+    Yields
+    ------
+    str
+        The scheduler address.
+    """
+    port, dashboard = free_port(), free_port()
+    security = []
+    if tls:
+        security = ["--tls-ca-file", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
+    scheme = "tls" if tls else "tcp"
+    env = {**os.environ, "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True" if tls else "False"}
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [BIN / "dask", "scheduler", "--host", "127.0.0.1", "--port", str(port), "--protocol", scheme,
+             "--dashboard-address", f"127.0.0.1:{dashboard}", *security],
+            stdout=open(log_dir / "scheduler.log", "w"), stderr=subprocess.STDOUT, env=env))
+        _wait_for_port(port, procs=procs)
+        address = f"{scheme}://127.0.0.1:{port}"
+        for i in range(n_workers):
+            procs.append(subprocess.Popen(
+                [BIN / "dask", "worker", address, "--nworkers", "1", "--nthreads", "1", "--host", "127.0.0.1",
+                 "--no-dashboard", "--memory-limit", "2GiB", *security],
+                stdout=open(log_dir / f"worker-{i}.log", "w"), stderr=subprocess.STDOUT, env=env))
+        yield address
+    finally:
+        _stop(procs[1:])
+        _stop(procs[:1])
+
+
+def make_certificates(folder, names=("scheduler", "worker", "client")):
+    """A CA and one certificate per name (CN, and SAN 127.0.0.1/localhost), signed by it, with openssl."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args):
+        subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, cwd=folder)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=distkm-test-ca",
+            "-keyout", "ca-key.pem", "-out", "ca.pem")
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    files = {"ca": folder / "ca.pem"}
+    for name in names:
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}-key.pem",
+                "-out", f"{name}.csr")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
+                "-days", "2", "-extfile", "san.cnf", "-out", f"{name}.pem")
+        files[name] = (folder / f"{name}.pem", folder / f"{name}-key.pem")
+    return files
+
+
+SLURM_DAEMONS = ("munged", "slurmctld", "slurmd")
+
+
+def slurm_available():
+    """Why a real SLURM cannot run here, or None when it can."""
+    missing = [d for d in (*SLURM_DAEMONS, "sbatch", "mungekey") if shutil.which(d) is None
+               and not Path(f"/usr/sbin/{d}").exists()]
+    if missing:
+        return f"SLURM is not installed ({', '.join(missing)} missing; .ci/run installs it with apt)"
+    if os.geteuid() != 0:
+        return "starting slurmd needs root"
+    return None
+
+
+def _slurm_conf(folder, host, memory_mb):
+    return f"""\
+ClusterName=distkmtest
+SlurmctldHost={host}
+SlurmUser=root
+SlurmdUser=root
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={folder}/munge.socket
+StateSaveLocation={folder}/state
+SlurmdSpoolDir={folder}/spool
+SlurmctldPidFile={folder}/slurmctld.pid
+SlurmdPidFile={folder}/slurmd.pid
+SlurmctldLogFile={folder}/slurmctld.log
+SlurmdLogFile={folder}/slurmd.log
+# no systemd and no cgroups here: plain process tracking, no task containment
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+MpiDefault=none
+NodeName={host} CPUs={os.cpu_count()} RealMemory={memory_mb} State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+@contextmanager
+def slurm(folder):
+    """A single-node SLURM whose files live in ``folder``; ``SLURM_CONF`` is exported while it runs.
+
+    Yields
+    ------
+    dict
+        ``{"conf": path, "startup_seconds": float}``.
+    """
+    reason = slurm_available()
+    if reason:
+        if os.environ.get("DISTKM_REQUIRE_SLURM"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    started = time.monotonic()
+    folder = Path(folder)
+    for sub in ("state", "spool"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    probe = subprocess.run(["slurmd", "-C"], capture_output=True, text=True).stdout
+    real = int(probe.split("RealMemory=")[1].split()[0]) if "RealMemory=" in probe else 4096
+    conf = folder / "slurm.conf"
+    conf.write_text(_slurm_conf(folder, host, memory_mb=int(real * 0.8)))  # below what slurmd -C reports
+    old_conf = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(conf)
+    try:
+        subprocess.run(["mungekey", "--create", f"--keyfile={folder}/munge.key", "--force"], check=True)
+        os.chmod(folder / "munge.key", 0o600)
+        subprocess.run(["munged", "--force", f"--key-file={folder}/munge.key", f"--socket={folder}/munge.socket",
+                        f"--pid-file={folder}/munged.pid", f"--log-file={folder}/munged.log",
+                        f"--seed-file={folder}/munge.seed"], check=True)
+        subprocess.run(["slurmctld", "-c"], check=True)  # -c: no state from a previous run
+        subprocess.run(["slurmd"], check=True)
+        deadline = time.monotonic() + 60
+        while True:
+            state = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True).stdout.strip()
+            if state == "idle":
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"SLURM node not idle after 60 s (state {state!r}); see {folder}/*.log")
+            time.sleep(0.5)
+        yield {"conf": conf, "startup_seconds": time.monotonic() - started}
+    finally:
+        subprocess.run(["scancel", "--full", "--user", "root"], capture_output=True)
+        for name in ("slurmd", "slurmctld", "munged"):
+            pid_file = folder / f"{name}.pid"
+            if pid_file.exists():
+                try:
+                    os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+                except (ProcessLookupError, ValueError):
+                    pass
+        time.sleep(1)
+        if old_conf is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old_conf
