@@ -15,6 +15,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import dask.config
 import numpy as np
 
 from . import __version__
@@ -33,7 +34,8 @@ def main(argv=None):
         return 2
     _setup_logging(quiet=getattr(args, "quiet", False))
     try:
-        return args.func(args) or 0
+        with dask.config.set({"distkm.progress": not getattr(args, "quiet", False)}):
+            return args.func(args) or 0
     except KeyboardInterrupt:
         print("distkm: interrupted; nothing was written", file=sys.stderr)
         return EXIT_INTERRUPTED

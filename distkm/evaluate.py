@@ -18,12 +18,11 @@ import math
 from dataclasses import dataclass
 from functools import partial
 
-import dask
 import numpy as np
 
 from . import config
 from .evaluation_kernels import TopRows, evaluate_chunk, merge_evaluations
-from .graph import map_reduce, row_offsets
+from .graph import compute, map_reduce, row_offsets
 from .kernels import assign_labels
 from .lloyd import prepare_centers
 from .metrics import majority_mapping, mapped_accuracy, scores_from_table
@@ -195,7 +194,7 @@ def evaluate_store(model, store, *, mapping_split=None, n_members=20, silhouette
             x[start:stop], None if y is None else y[start:stop], centers, dtype, n_classes=n_classes,
             n_members=n_members if name == mapping_split else 0, sample_size=sample, seed=seed, row_offset=start,
             split_every=split_every, block_rows=block_rows)
-    results = dict(zip(jobs, dask.compute(*jobs.values())))
+    results = dict(zip(jobs, compute(*jobs.values(), label=f"evaluation pass ({', '.join(jobs)})")))
     mapping = majority_mapping(results[mapping_split].table) if y is not None else None
     parts = {}
     for name, result in results.items():

@@ -16,6 +16,7 @@ after level), with three differences that matter to distkm:
 
 from __future__ import annotations
 
+import time
 import uuid
 from functools import partial
 
@@ -92,3 +93,35 @@ def map_reduce(x, chunk, combine, *, name, constants=(), weights=None, split_eve
 
 def _identity(value):
     return value
+
+
+def compute(*jobs, label=None, optimize_graph=True):
+    """``dask.compute(*jobs)``, with a progress bar per pass on the terminal when asked for.
+
+    The bar (distributed's text progress bar, one per pass) is shown when
+    ``distkm.progress`` is set (the CLI sets it unless ``--quiet``), a
+    distributed client is active, and the pass has at least
+    ``distkm.progress-min-chunks`` tasks per job: a bar for a pass of a few
+    chunks would only flicker. Once done, the bar gives way to ``label: seconds``
+    (nothing without a label: Lloyd iterations print their own line).
+    """
+    import dask
+    import dask.config
+
+    if dask.config.get("distkm.progress", False):
+        try:
+            from distributed import default_client, progress
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+        n_tasks = sum(len(job.__dask_graph__()) for job in jobs)
+        if client is not None and n_tasks >= dask.config.get("distkm.progress-min-chunks", 32):
+            started = time.perf_counter()
+            futures = client.compute(list(jobs), optimize_graph=optimize_graph)
+            progress(futures, notebook=False)  # clears its line when done
+            results = tuple(client.gather(futures))
+            if label:
+                print(f"{label}: {time.perf_counter() - started:.1f} s", flush=True)
+            return results
+    return dask.compute(*jobs, optimize_graph=optimize_graph)

@@ -24,7 +24,7 @@ import dask.array as da
 import numpy as np
 
 from . import kernels
-from .graph import map_reduce, row_offsets
+from .graph import compute, map_reduce, row_offsets
 
 logger = logging.getLogger("distkm")
 
@@ -64,7 +64,7 @@ def summarize(x, weights=None, *, split_every=8):
     """The :class:`~distkm.kernels.DataSummary` of the data (one pass)."""
     job = map_reduce(x, kernels.summarize_chunk, kernels.merge_summaries, name="summary",
                      weights=weights, split_every=split_every)
-    return dask.compute(job)[0]
+    return compute(job, label="data summary pass")[0]
 
 
 def tolerance(summary, tol):
@@ -121,7 +121,7 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
         c, half = prepare_centers(centers, dtype)
         job = map_reduce(x, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
                          weights=weights, split_every=split_every)
-        stats = dask.compute(job)[0]
+        stats = compute(job)[0]
         sums, cluster_weights = stats.sums, stats.weights
         inertia = summary.weighted_sq_norm + 2.0 * stats.score
         relocated = []
@@ -154,7 +154,7 @@ def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_
     job = map_reduce(x, chunk, partial(kernels.merge_farthest_points, n_points=n_points), name="farthest-points",
                      constants=(centers, half_sq_norms), weights=weights, split_every=split_every,
                      per_chunk=lambda i: {"row_offset": int(offsets[i])})
-    return dask.compute(job)[0]
+    return compute(job, label="farthest points pass")[0]
 
 
 def final_stats(x, centers, dtype, *, weights=None, split_every=8, block_rows=8192):
@@ -162,7 +162,7 @@ def final_stats(x, centers, dtype, *, weights=None, split_every=8, block_rows=81
     c, half = prepare_centers(centers, dtype)
     job = map_reduce(x, partial(_final_stats_only, block_rows=block_rows), kernels.merge_final_stats,
                      name="final-stats", constants=(c, half), weights=weights, split_every=split_every)
-    return dask.compute(job)[0]
+    return compute(job, label="final statistics pass")[0]
 
 
 def _final_stats_only(X, centers, half_sq_norms, weights=None, *, block_rows):

@@ -137,7 +137,10 @@ def write_labels(path, labels, *, attrs=None):
     chunk = max(labels.chunks[0])
     z = zarr.create_array(path, shape=labels.shape, chunks=(chunk,), dtype=labels.dtype,
                           dimension_names=["sample"], attributes=attrs or {})
+    from .graph import compute
+
+    job = da.store(labels.rechunk(chunk), z, lock=False, compute=False)
     # optimize_graph=False: dask would otherwise fuse the labels tasks into the reads, and the
     # dashboard would show neither distkm-labels nor the progress of that pass.
-    da.store(labels.rechunk(chunk), z, lock=False, optimize_graph=False)
+    compute(job, label="labels pass", optimize_graph=False)
     return z

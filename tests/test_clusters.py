@@ -206,3 +206,52 @@ def test_shipped_slurm_config_renders_a_job_script():
     inspect.signature(SLURMCluster).bind(**kwargs)
     assert kwargs["python"] == sys.executable  # the venv's python, or the workers cannot import distributed
     assert "export MALLOC_MMAP_THRESHOLD_=33554432" in kwargs["job_script_prologue"]
+
+
+# --------------------------------------------------------------------------- #
+# the dashboard, in a real browser
+# --------------------------------------------------------------------------- #
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+                 "--disable-background-networking", "--disable-component-update"]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+@pytest.mark.browser
+def test_dashboard_in_chromium_shows_a_running_distkm_job(small_mnist, tmp_path):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with dask_processes(2, log_dir=tmp_path) as address, Client(address) as client:
+        status = client.dashboard_link
+        job = subprocess.Popen([sys.executable, ROOT / "jobs" / "mnist_k10.py", "--store", small_mnist,
+                                "--out", tmp_path / "run", "--scheduler", address, "--max-iter", "60"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 120
+            while not any(e.get("kind") == "iteration" for _, e in client.get_events("distkm")):
+                assert job.poll() is None and time.monotonic() < deadline, "the job never iterated"
+                time.sleep(0.2)
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.goto(status)
+                # Bokeh draws over a websocket after the page loads: wait for its canvases
+                page.wait_for_selector("canvas", timeout=60_000)
+                page.wait_for_timeout(3000)  # a few task-stream updates while the fit runs
+                prefixes = set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes)))
+                page.screenshot(path=str(ARTIFACTS / "dashboard-status.png"))
+                assert page.locator("canvas").count() >= 3  # task stream, progress, memory... panels
+                assert "Dask" in page.title()
+                page.goto(status.replace("/status", "/distkm"))
+                text = page.inner_text("body")
+                page.screenshot(path=str(ARTIFACTS / "dashboard-distkm.png"))
+                browser.close()
+        finally:
+            out, err = job.communicate(timeout=300)
+    assert job.returncode == 0, err[-2000:]
+    assert {"distkm-read", "distkm-partial-stats", "distkm-partial-stats-combine"} <= prefixes
+    assert "distkm: iterations and inertia" in text and "iteration 1: inertia" in text
+    assert (ARTIFACTS / "dashboard-status.png").stat().st_size > 20_000
