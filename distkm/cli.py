@@ -122,7 +122,7 @@ def _fit(args):
     x = store.images
     model = KMeans(n_clusters=args.k, init=_parse_init(args.init), n_init=_parse_n_init(args.n_init),
                    max_iter=args.max_iter, tol=args.tol, random_state=args.seed, dtype=args.dtype,
-                   verbose=0 if args.quiet else 1, checkpoint=str(work / "checkpoint"))
+                   verbose=0 if args.quiet else 1, checkpoint=str(work / "checkpoint"), cache=_parse_cache(args.cache))
     model._validate_params()
     if x.shape[0] < args.k:
         raise ValueError(f"n_samples={x.shape[0]} should be >= n_clusters={args.k}.")
@@ -407,6 +407,9 @@ def _parser():
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder once the new one is done")
     fit.add_argument("--resume", action="store_true",
                      help="continue an interrupted fit from its last checkpoint (OUT.partial)")
+    fit.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
+                     help="keep the store's chunks in the workers' memory during the fit "
+                          "(auto: when they take at most 40%% of it)")
     _report_flags(fit)
     fit.set_defaults(func=_fit)
 

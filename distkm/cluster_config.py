@@ -183,7 +183,7 @@ def ssh_cluster_kwargs(section):
         "connect_options": section.get("connect-options", {}),
         "worker_options": worker_options,
         "scheduler_options": {"port": section.get("scheduler-port", 8786),
-                              "dashboard_address": section.get("dashboard-address", ":8787")},
+                              "dashboard_address": section.get("dashboard-address", "127.0.0.1:8787")},
     }
     if "remote-python" in section:
         kwargs["remote_python"] = section["remote-python"]

@@ -75,9 +75,16 @@ def render_page(events):
             f"<table>{body}</table><p><a href='/status'>dashboard status</a></p></body></html>")
 
 
+def _has_plugin(name, dask_scheduler=None):
+    return name in dask_scheduler.plugins
+
+
 def install(client):
     """Add the ``/distkm`` page to the client's scheduler (once; a failure is only logged)."""
     try:
-        client.register_plugin(DistkmDashboardPage(), name=DistkmDashboardPage.name)
+        name = DistkmDashboardPage.name
+        if client.run_on_scheduler(_has_plugin, name=name):  # a running scheduler keeps it between jobs
+            return
+        client.register_plugin(DistkmDashboardPage(), name=name)
     except Exception as e:  # e.g. distkm not importable where the scheduler runs
         logger.info("no /distkm dashboard page (%s: %s); iterations still show in the log", type(e).__name__, e)

@@ -70,6 +70,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         (zarr + JSON, atomically). A fit given a folder that holds a
         checkpoint of the same parameters and data resumes from it and ends
         bit-identical to an uninterrupted fit; one made otherwise is refused.
+    cache : {"auto", True, False}, default="auto"
+        Keep the data's chunks in the workers' memory for the fit, so that
+        every iteration after the first skips reading and decoding the store.
+        "auto" does it when a distributed client is active and the data takes
+        at most 40% of the workers' memory (see :mod:`distkm.cache`). The
+        results do not change.
 
     Attributes
     ----------
@@ -109,10 +115,12 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         "split_every": [None, Interval(Integral, 2, None, closed="left")],
         "init_sample_size": [None, Interval(Integral, 1, None, closed="left")],
         "checkpoint": [None, str, os.PathLike],
+        "cache": [StrOptions({"auto"}), "boolean"],
     }
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4, verbose=0,
-                 random_state=None, dtype="float32", split_every=None, init_sample_size=None, checkpoint=None):
+                 random_state=None, dtype="float32", split_every=None, init_sample_size=None, checkpoint=None,
+                 cache="auto"):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -124,6 +132,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.split_every = split_every
         self.init_sample_size = init_sample_size
         self.checkpoint = checkpoint
+        self.cache = cache
 
     # ------------------------------------------------------------------ #
     # public API
@@ -156,6 +165,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         block_rows = config.get("block-rows")
         sample_size = self.init_sample_size or config.get("init-sample-size")
         random_state = check_random_state(self.random_state)
+        data = x  # labels_ is built on the uncached array: it must not pin the cache in memory
+        x = _cached(x, self.cache)
 
         summary = lloyd.summarize(x, weights, split_every=split_every)
         if summary.n_nonfinite:
@@ -208,7 +219,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.history_ = best["history"]
         self.n_features_in_ = n_features
         self._n_features_out = self.n_clusters
-        self.labels_ = self._output(X, lloyd.assign_lazy(x, self.cluster_centers_, dtype, block_rows=block_rows))
+        self.labels_ = self._output(X, lloyd.assign_lazy(data, self.cluster_centers_, dtype, block_rows=block_rows))
         return self
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -319,6 +330,21 @@ def _check_sample_weight(sample_weight, x):
     if not finite or negative or total <= 0:
         raise ValueError("sample_weight must be finite and non-negative, with at least one non-zero weight")
     return w
+
+
+def _cached(x, mode):
+    """``x`` persisted on the workers of the active distributed client, when ``mode`` asks for it."""
+    if mode is False:
+        return x
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except ValueError:  # no distributed client: local threads read numpy or zarr directly
+        return x
+    from .cache import cache_arrays
+
+    return cache_arrays(client, [x], mode=mode)[0]
 
 
 def _report_iteration(record, *, run, n_clusters, verbose, checkpointed=False):

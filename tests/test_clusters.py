@@ -175,7 +175,7 @@ def test_ssh_config_gives_valid_sshcluster_arguments():
     assert kind == "ssh" and kwargs["hosts"] == ["node0", "node1", "node2"]
     assert kwargs["worker_options"]["nthreads"] == 2 and kwargs["worker_options"]["memory_limit"] == "8GiB"
     assert kwargs["worker_options"]["env"]["MALLOC_MMAP_THRESHOLD_"] == "33554432"
-    assert kwargs["scheduler_options"] == {"port": 8786, "dashboard_address": ":8787"}
+    assert kwargs["scheduler_options"] == {"port": 8786, "dashboard_address": "127.0.0.1:8787"}
     from distributed import Nanny
 
     inspect.signature(Nanny).bind("tcp://x:1", **{k: v for k, v in kwargs["worker_options"].items()

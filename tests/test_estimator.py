@@ -1,5 +1,7 @@
 """distkm.KMeans against scikit-learn's Lloyd, on MNIST test images, on a real LocalCluster."""
 
+import time
+
 import dask
 import dask.array as da
 import numpy as np
@@ -92,6 +94,25 @@ def test_seeded_runs_are_bit_identical_on_any_cluster_layout(mnist_test_store):
         results.append(_fit_centers(mnist_test_store))
     for other in results[1:]:
         assert other.tobytes() == results[0].tobytes()
+
+
+def test_cache_keeps_chunks_on_workers_and_changes_nothing(client, mnist_test_store, caplog):
+    """cache=True persists the uint8 chunks on the workers; the centers are the same bits as uncached."""
+    fits = {}
+    for mode in (False, True, "auto"):
+        with caplog.at_level("INFO", logger="distkm"):
+            caplog.clear()
+            fits[mode] = KMeans(10, random_state=1, max_iter=6, cache=mode).fit(mnist_test_store)
+            logged = caplog.text
+        assert ("data cached on the workers (7.48 MiB)" in logged) == (mode is not False)
+    for mode in (True, "auto"):
+        assert fits[mode].cluster_centers_.tobytes() == fits[False].cluster_centers_.tobytes()
+        assert fits[mode].inertia_ == fits[False].inertia_
+    # labels_ is built on the store, not on the cache: once the fit returns, the workers let the chunks go
+    deadline = time.monotonic() + 10
+    while any(client.has_what().values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(client.has_what().values())
 
 
 def test_numpy_in_numpy_out_dask_in_lazy_out(client, mnist_test):
