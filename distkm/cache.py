@@ -51,8 +51,11 @@ def should_cache(nbytes, client, mode="auto"):
     return memory > 0 and nbytes <= AUTO_FRACTION * memory
 
 
-def cache_arrays(client, arrays, mode="auto"):
+def cache_arrays(client, arrays, mode="auto", *, log=True):
     """Persist dask arrays on the workers if they fit (see :func:`should_cache`).
+
+    ``log=False`` leaves the "cached" line to the caller (the estimator logs
+    it once the first pass has shown the data is usable).
 
     Returns
     -------
@@ -69,5 +72,6 @@ def cache_arrays(client, arrays, mode="auto"):
         return arrays
     persisted = client.persist([a for a in arrays if a is not None])
     it = iter(persisted)
-    logger.info("data cached on the workers (%s)", format_bytes(nbytes))
+    if log:
+        logger.info("data cached on the workers (%s)", format_bytes(nbytes))
     return [None if a is None else next(it) for a in arrays]

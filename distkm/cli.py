@@ -49,11 +49,27 @@ def main(argv=None):
 def _setup_logging(quiet):
     """distkm's own log lines (lost workers, relocations, checkpoints) on stderr; other libraries stay quiet."""
     logger = logging.getLogger("distkm")
-    if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("distkm: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is when a line is logged.
+
+    ``main`` may run several times in one process (job scripts, tests, notebooks) with
+    ``sys.stderr`` swapped in between; a handler holding the first stream would write to a closed file.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
 
 
 def _one_line(error):

@@ -8,6 +8,7 @@ valid input.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from functools import partial
@@ -16,6 +17,7 @@ from numbers import Integral, Real
 import dask.array as da
 import numpy as np
 import zarr
+from dask.utils import format_bytes
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
@@ -25,6 +27,8 @@ from . import config, dashboard, lloyd
 from .checkpoint import Checkpoint, FitState, digest
 from .data import as_dask_array
 from .init import init_centers
+
+logger = logging.getLogger("distkm")
 
 
 class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, BaseEstimator):
@@ -171,6 +175,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         summary = lloyd.summarize(x, weights, split_every=split_every)
         if summary.n_nonfinite:
             raise ValueError(f"X contains {summary.n_nonfinite} NaN or infinite value(s); k-means needs finite data")
+        if x is not data:
+            logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))
         tol = lloyd.tolerance(summary, self.tol)
 
         checkpoint = fingerprint = resumed = None
@@ -344,7 +350,7 @@ def _cached(x, mode):
         return x
     from .cache import cache_arrays
 
-    return cache_arrays(client, [x], mode=mode)[0]
+    return cache_arrays(client, [x], mode=mode, log=False)[0]
 
 
 def _report_iteration(record, *, run, n_clusters, verbose, checkpointed=False):
