@@ -21,7 +21,8 @@ from functools import partial
 import numpy as np
 
 from . import config
-from .evaluation_kernels import TopRows, evaluate_chunk, merge_evaluations
+from .evaluation_kernels import evaluate_chunk, merge_evaluations
+from .sampling import TopRows
 from .graph import compute, map_reduce, row_offsets
 from .kernels import assign_labels
 from .lloyd import prepare_centers

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 from functools import partial
+from operator import getitem
 
 import numpy as np
 from dask.core import flatten
@@ -57,8 +58,52 @@ def map_reduce(x, chunk, combine, *, name, constants=(), weights=None, split_eve
     -------
     dask.delayed.Delayed
     """
-    if split_every < 2:
-        raise ValueError(f"split_every must be >= 2, got {split_every}")
+    layer, chunk_keys, token = _map_layer(x, chunk, name, constants, weights, per_chunk)
+    final = _tree_layer(layer, chunk_keys, combine, name, token, split_every)
+    deps = [x] if weights is None else [x, weights]
+    return Delayed(final, HighLevelGraph.from_collections(final, layer, dependencies=deps))
+
+
+def map_reduce_with_state(x, chunk, combine, *, name, state=None, constants=(), weights=None, split_every=8,
+                          per_chunk=None):
+    """A :func:`map_reduce` whose chunks also carry a state from one pass to the next.
+
+    ``chunk(block, state_i, *constants, weights_block, **kwargs)`` returns
+    ``(new_state_i, partial)``: the partials are reduced as in :func:`map_reduce`,
+    the new states stay where they were computed (persist them) and feed the
+    next pass. A state is a chunk-sized array (a few bytes per row), which lets
+    a multi-pass algorithm avoid recomputing what earlier passes found.
+
+    Parameters
+    ----------
+    state : list of dask.delayed.Delayed, optional
+        One per row chunk, from the previous pass; ``None`` passes ``None``.
+    Other parameters : see :func:`map_reduce`.
+
+    Returns
+    -------
+    states : list of dask.delayed.Delayed
+        The new state of every chunk.
+    result : dask.delayed.Delayed
+        ``combine`` over the partials.
+    """
+    extra = None if state is None else [s.key for s in state]
+    layer, chunk_keys, token = _map_layer(x, chunk, name, constants, weights, per_chunk, extra)
+    state_name, partial_name = f"distkm-{name}-state-{token}", f"distkm-{name}-partial-{token}"
+    state_keys, partial_keys = [], []
+    for i, key in enumerate(chunk_keys):
+        layer[(state_name, i)] = (getitem, key, 0)
+        layer[(partial_name, i)] = (getitem, key, 1)
+        state_keys.append((state_name, i))
+        partial_keys.append((partial_name, i))
+    final = _tree_layer(layer, partial_keys, combine, name, token, split_every)
+    deps = [x] + ([] if weights is None else [weights]) + list(state or [])
+    graph = HighLevelGraph.from_collections(final, layer, dependencies=deps)
+    return [Delayed(key, graph) for key in state_keys], Delayed(final, graph)
+
+
+def _map_layer(x, chunk, name, constants, weights, per_chunk, extra=None):
+    """Graph layer of the per-chunk tasks: ``{(distkm-<name>-<token>, i): task}``."""
     # A fresh token per pass: two passes over identical inputs (e.g. score() twice) must not share
     # keys, or the scheduler may forget the first result while the second asks for it.
     token = uuid.uuid4().hex
@@ -71,11 +116,19 @@ def map_reduce(x, chunk, combine, *, name, constants=(), weights=None, split_eve
     x_keys = list(flatten(x.__dask_keys__()))
     w_keys = list(flatten(weights.__dask_keys__())) if weights is not None else [None] * len(x_keys)
     chunk_name = f"distkm-{name}-{token}"
-    level = []
+    keys = []
     for i, (xk, wk) in enumerate(zip(x_keys, w_keys)):
         func = partial(chunk, **per_chunk(i)) if per_chunk else chunk
-        layer[(chunk_name, i)] = (func, xk, *const_keys, wk)
-        level.append((chunk_name, i))
+        head = (func, xk) if extra is None else (func, xk, extra[i])
+        layer[(chunk_name, i)] = (*head, *const_keys, wk)
+        keys.append((chunk_name, i))
+    return layer, keys, token
+
+
+def _tree_layer(layer, level, combine, name, token, split_every):
+    """Add the combine tree over ``level`` to ``layer``; return the key of the result."""
+    if split_every < 2:
+        raise ValueError(f"split_every must be >= 2, got {split_every}")
     depth = 0
     combine_name = f"distkm-{name}-combine-{token}"
     while len(level) > 1:
@@ -87,8 +140,7 @@ def map_reduce(x, chunk, combine, *, name, constants=(), weights=None, split_eve
         level, depth = next_level, depth + 1
     final = f"distkm-{name}-result-{token}"
     layer[final] = (_identity, level[0])
-    deps = [x] if weights is None else [x, weights]
-    return Delayed(final, HighLevelGraph.from_collections(final, layer, dependencies=deps))
+    return final
 
 
 def _identity(value):

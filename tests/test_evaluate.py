@@ -8,7 +8,7 @@ from sklearn import metrics
 from distkm import KMeans
 from distkm.data import open_store, write_store
 from distkm.evaluate import evaluate_store
-from distkm.evaluation_kernels import merge_top_rows, random_keys, top_rows
+from distkm.sampling import merge_top_rows, random_keys, top_rows
 from distkm.metrics import mapped_accuracy, majority_mapping, scores_from_table
 
 from .conftest import random_rows
