@@ -52,7 +52,7 @@ class ChunkEvaluation(NamedTuple):
 
 
 def evaluate_chunk(X, centers, half_sq_norms, y=None, *, n_classes, n_members, sample_size, seed, row_offset,
-                   block_rows=8192):
+                   block_rows=2048):
     """Evaluation statistics of one chunk under fixed centers, see :class:`ChunkEvaluation`.
 
     Parameters

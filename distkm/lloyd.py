@@ -74,7 +74,7 @@ def tolerance(summary, tol):
     return float(np.mean(summary.m2 / summary.n) * tol)
 
 
-def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_every=8, block_rows=8192,
+def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_every=8, block_rows=2048,
           callback=None, history=None, converged=False, on_iteration=None):
     """Run Lloyd iterations from ``centers`` until the tolerance or ``max_iter``.
 
@@ -147,7 +147,7 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     return LloydResult(centers, iteration, converged, history)
 
 
-def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_every=8, block_rows=8192):
+def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_every=8, block_rows=2048):
     """The ``n_points`` rows farthest from their nearest center (one pass; used for empty clusters)."""
     offsets = row_offsets(x)
     chunk = partial(kernels.farthest_points, n_points=n_points, block_rows=block_rows)
@@ -157,7 +157,7 @@ def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_
     return compute(job, label="farthest points pass")[0]
 
 
-def final_stats(x, centers, dtype, *, weights=None, split_every=8, block_rows=8192):
+def final_stats(x, centers, dtype, *, weights=None, split_every=8, block_rows=2048):
     """Exact inertia and cluster sizes of the data under fixed centers (one pass)."""
     c, half = prepare_centers(centers, dtype)
     job = map_reduce(x, partial(_final_stats_only, block_rows=block_rows), kernels.merge_final_stats,
@@ -169,7 +169,7 @@ def _final_stats_only(X, centers, half_sq_norms, weights=None, *, block_rows):
     return kernels.final_stats(X, centers, half_sq_norms, weights, block_rows=block_rows)[1]
 
 
-def assign_lazy(x, centers, dtype, *, block_rows=8192):
+def assign_lazy(x, centers, dtype, *, block_rows=2048):
     """Lazy labels of every row: a dask array chunked like ``x``'s rows (tasks ``distkm-labels``)."""
     c, half = prepare_centers(centers, dtype)
     token = dask.base.tokenize(x, c, block_rows)
@@ -177,7 +177,7 @@ def assign_lazy(x, centers, dtype, *, block_rows=8192):
                         drop_axis=1, dtype=np.int32, name=f"distkm-labels-{token}", meta=np.empty((0,), np.int32))
 
 
-def distances_lazy(x, centers, dtype, *, block_rows=8192):
+def distances_lazy(x, centers, dtype, *, block_rows=2048):
     """Lazy euclidean distances of every row to every center, (n, k) (tasks ``distkm-distances``)."""
     c = np.ascontiguousarray(centers, dtype=dtype)
     token = dask.base.tokenize(x, c, block_rows)
