@@ -138,7 +138,8 @@ def _fit(args):
     x = store.images
     model = KMeans(n_clusters=args.k, init=_parse_init(args.init), n_init=_parse_n_init(args.n_init),
                    max_iter=args.max_iter, tol=args.tol, random_state=args.seed, dtype=args.dtype,
-                   verbose=0 if args.quiet else 1, checkpoint=str(work / "checkpoint"), cache=_parse_cache(args.cache))
+                   verbose=0 if args.quiet else 1, checkpoint=str(work / "checkpoint"), cache=_parse_cache(args.cache),
+                   algorithm=args.algorithm)
     model._validate_params()
     if x.shape[0] < args.k:
         raise ValueError(f"n_samples={x.shape[0]} should be >= n_clusters={args.k}.")
@@ -237,7 +238,7 @@ def _client(args, report_folder=None):
 
 
 def _parse_init(value):
-    if value in ("k-means++", "random"):
+    if value in ("k-means++", "k-means||", "random"):
         return value
     path = Path(value)
     if path.is_dir():
@@ -246,7 +247,7 @@ def _parse_init(value):
         return load_model(path)[0].cluster_centers_
     if path.suffix == ".npy" and path.is_file():
         return np.load(path, allow_pickle=False)
-    raise ValueError(f"--init must be 'k-means++', 'random', a .npy file or a run folder, got {value!r}")
+    raise ValueError(f"--init must be 'k-means++', 'k-means||', 'random', a .npy file or a run folder, got {value!r}")
 
 
 def _parse_n_init(value):
@@ -414,10 +415,15 @@ def _parser():
     fit.add_argument("--k", type=int, required=True, help="number of clusters")
     fit.add_argument("--out", required=True, help="run folder to create, e.g. runs/mnist-k10")
     fit.add_argument("--split", help="use only this split of the store (train, test)")
-    fit.add_argument("--init", default="k-means++", help="k-means++, random, a .npy file or a run folder")
+    fit.add_argument("--init", default="k-means++",
+                     help="k-means++ (on a sample), k-means|| (over all rows), random, a .npy file or a run folder")
+    fit.add_argument("--algorithm", choices=["lloyd", "minibatch"], default="lloyd",
+                     help="lloyd: a pass over all rows per iteration; minibatch: a few chunks per step "
+                          "(--max-iter then counts passes)")
     fit.add_argument("--max-iter", type=int, default=300)
     fit.add_argument("--tol", type=float, default=1e-4, help="relative to the mean feature variance")
-    fit.add_argument("--n-init", default="auto", help="initialisations to try (auto: 1 for k-means++, 10 for random)")
+    fit.add_argument("--n-init", default="auto",
+                     help="initialisations to try (auto: 1 for k-means++ and k-means||, 10 for random)")
     fit.add_argument("--seed", type=int, default=None, help="random seed: same seed, same bits on any cluster")
     fit.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder once the new one is done")

@@ -27,6 +27,7 @@ from . import config, dashboard, lloyd
 from .checkpoint import Checkpoint, FitState, digest
 from .data import as_dask_array
 from .init import init_centers
+from .minibatch import minibatch
 
 logger = logging.getLogger("distkm")
 
@@ -45,13 +46,20 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     ----------
     n_clusters : int, default=8
         Number of clusters.
-    init : {"k-means++", "random"} or array-like of shape (n_clusters, n_features), default="k-means++"
+    init : {"k-means++", "k-means||", "random"} or array-like of shape (n_clusters, n_features), \
+default="k-means++"
         "k-means++" runs scikit-learn's k-means++ on a uniform sample of
         ``init_sample_size`` rows (all rows when there are fewer), gathered
-        chunk by chunk; "random" picks ``n_clusters`` distinct rows.
+        chunk by chunk: one pass. "k-means||" (scalable k-means++, Bahmani et
+        al. 2012) looks at every row: ``distkm.init-rounds`` passes each draw
+        ``distkm.init-oversampling * n_clusters`` candidates in proportion to
+        their squared distance to the previous ones, a last pass weights them,
+        and k-means++ on the weighted candidates gives the centers (see
+        :func:`distkm.init.kmeans_parallel`). "random" picks ``n_clusters``
+        distinct rows.
     n_init : "auto" or int, default="auto"
         Number of initialisations; the run with the lowest inertia is kept.
-        "auto" is 1 for "k-means++" or an array, 10 for "random".
+        "auto" is 1 for "k-means++", "k-means||" or an array, 10 for "random".
     max_iter : int, default=300
         Maximum number of Lloyd iterations of one run.
     tol : float, default=1e-4
@@ -74,6 +82,16 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         (zarr + JSON, atomically). A fit given a folder that holds a
         checkpoint of the same parameters and data resumes from it and ends
         bit-identical to an uninterrupted fit; one made otherwise is refused.
+    algorithm : {"lloyd", "minibatch"}, default="lloyd"
+        "lloyd": every iteration is a pass over all rows, as scikit-learn's
+        ``KMeans``. "minibatch": each step updates the centers from
+        ``batch_chunks`` random row chunks, as scikit-learn's
+        ``MiniBatchKMeans`` does from random rows (see :mod:`distkm.minibatch`);
+        ``max_iter`` then counts passes over the data, and the run stops early
+        when a pass moves the centers by at most the tolerance. One or two
+        passes give a usable answer on a huge store; Lloyd's is better.
+    batch_chunks : int, optional
+        Row chunks per mini-batch step (default ``distkm.minibatch-chunks``).
     cache : {"auto", True, False}, default="auto"
         Keep the data's chunks in the workers' memory for the fit, so that
         every iteration after the first skips reading and decoding the store.
@@ -109,7 +127,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
 
     _parameter_constraints: dict = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
-        "init": [StrOptions({"k-means++", "random"}), "array-like"],
+        "init": [StrOptions({"k-means++", "k-means||", "random"}), "array-like"],
         "n_init": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
@@ -120,11 +138,13 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         "init_sample_size": [None, Interval(Integral, 1, None, closed="left")],
         "checkpoint": [None, str, os.PathLike],
         "cache": [StrOptions({"auto"}), "boolean"],
+        "algorithm": [StrOptions({"lloyd", "minibatch"})],
+        "batch_chunks": [None, Interval(Integral, 1, None, closed="left")],
     }
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4, verbose=0,
                  random_state=None, dtype="float32", split_every=None, init_sample_size=None, checkpoint=None,
-                 cache="auto"):
+                 cache="auto", algorithm="lloyd", batch_chunks=None):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -137,6 +157,8 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         self.init_sample_size = init_sample_size
         self.checkpoint = checkpoint
         self.cache = cache
+        self.algorithm = algorithm
+        self.batch_chunks = batch_chunks
 
     # ------------------------------------------------------------------ #
     # public API
@@ -168,6 +190,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
         split_every = self.split_every or config.get("split-every")
         block_rows = config.get("block-rows")
         sample_size = self.init_sample_size or config.get("init-sample-size")
+        batch_chunks = self.batch_chunks or config.get("minibatch-chunks")
         random_state = check_random_state(self.random_state)
         data = x  # labels_ is built on the uncached array: it must not pin the cache in memory
         x = _cached(x, self.cache)
@@ -197,7 +220,9 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
                 if self.verbose:
                     print(f"Initialization {run + 1}/{n_init} ({init if isinstance(init, str) else 'given array'})")
                 centers = init_centers(x, self.n_clusters, init, random_state, weights=weights,
-                                       sample_size=sample_size)
+                                       sample_size=sample_size, dtype=dtype, split_every=split_every,
+                                       block_rows=block_rows, oversampling=config.get("init-oversampling"),
+                                       rounds=config.get("init-rounds"))
                 history, done = [], False
             rng_state = random_state.get_state()  # the state a resumed run must continue from
             on_iteration = None
@@ -206,9 +231,17 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
                     checkpoint.save(FitState(fingerprint, run, centers, history, converged, rng_state, best))
             progress = partial(_report_iteration, run=run, n_clusters=self.n_clusters, verbose=self.verbose,
                                checkpointed=checkpoint is not None)
-            result = lloyd.lloyd(x, centers, summary=summary, max_iter=self.max_iter, tol=tol, dtype=dtype,
-                                 weights=weights, split_every=split_every, block_rows=block_rows, callback=progress,
-                                 history=history, converged=done, on_iteration=on_iteration)
+            if self.algorithm == "minibatch" and not done:
+                # Checkpointed once finished: a killed mini-batch run restarts (it is one or two passes).
+                result = minibatch(x, centers, max_passes=self.max_iter, tol=tol, dtype=dtype,
+                                   random_state=random_state, batch_chunks=batch_chunks, weights=weights,
+                                   split_every=split_every, block_rows=block_rows, callback=progress)
+                if on_iteration is not None:
+                    on_iteration(result.centers, result.history, True)
+            else:
+                result = lloyd.lloyd(x, centers, summary=summary, max_iter=self.max_iter, tol=tol, dtype=dtype,
+                                     weights=weights, split_every=split_every, block_rows=block_rows,
+                                     callback=progress, history=history, converged=done, on_iteration=on_iteration)
             final = lloyd.final_stats(x, result.centers, dtype, weights=weights, split_every=split_every,
                                       block_rows=block_rows)
             if self.verbose:
@@ -266,7 +299,11 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
             "params": {"n_clusters": self.n_clusters, "init": init if isinstance(init, str) else digest(init),
                        "n_init": n_init, "max_iter": self.max_iter, "tol": self.tol, "random_state": random_state,
                        "dtype": np.dtype(self.dtype).name, "split_every": split_every,
-                       "init_sample_size": sample_size, "block_rows": block_rows},
+                       "init_sample_size": sample_size, "block_rows": block_rows,
+                       "init_rounds": config.get("init-rounds"),
+                       "init_oversampling": config.get("init-oversampling"),
+                       "algorithm": self.algorithm,
+                       "batch_chunks": self.batch_chunks or config.get("minibatch-chunks")},
             "data": {"shape": list(x.shape), "dtype": x.dtype.name, "row_chunks": digest(np.asarray(x.chunks[0])),
                      "content": digest(np.concatenate([summary.mean, summary.m2,
                                                        [summary.weighted_sq_norm, summary.weight_sum]])),
@@ -348,6 +385,10 @@ def _cached(x, mode):
         client = default_client()
     except ValueError:  # no distributed client: local threads read numpy or zarr directly
         return x
+    from dask.base import get_scheduler
+
+    if get_scheduler() != client.get:  # another scheduler was chosen (e.g. "sync") while a client exists
+        return x
     from .cache import cache_arrays
 
     return cache_arrays(client, [x], mode=mode, log=False)[0]
@@ -361,6 +402,10 @@ def _report_iteration(record, *, run, n_clusters, verbose, checkpointed=False):
 
 
 def _print_iteration(record, checkpointed=False):
+    if "pass" in record:  # a mini-batch step
+        print(f"Step {record['iteration']} (pass {record['pass']}, {record['rows']:,} rows), inertia estimate "
+              f"{record['inertia']:.6g}, center shift {record['center_shift']:.3g}", flush=True)
+        return
     relocated = f", relocated {record['relocated']}" if record["relocated"] else ""
     saved = ", checkpointed" if checkpointed else ""
     print(f"Iteration {record['iteration']}, inertia {record['inertia']:.6g}, "

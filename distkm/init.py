@@ -1,26 +1,40 @@
-"""Initial centers: k-means++ on a sample gathered chunk by chunk, random rows, or given.
+"""Initial centers: k-means|| over all rows, k-means++ on a sample gathered chunk by chunk, random rows, or given.
 
-All randomness is drawn on the client from one ``numpy.random.RandomState``,
-so a seeded initialisation does not depend on the cluster. Rows are picked
-by global index and gathered chunk by chunk (``x[sorted_indices]``), so only
-the sample, never the data, reaches the client.
+All randomness comes from one ``numpy.random.RandomState`` on the client (for
+k-means||, a seed drawn from it feeds counter-based keys computed where the
+rows are), so a seeded initialisation does not depend on the cluster. Rows
+are picked by global index and gathered chunk by chunk, so only samples and
+candidates, never the data, reach the client.
 """
 
 from __future__ import annotations
 
+import logging
+import time
+from functools import partial
+
+import dask
 import numpy as np
+from sklearn.cluster import KMeans as _SKLearnKMeans
 from sklearn.cluster import kmeans_plusplus
 from sklearn.utils.random import sample_without_replacement
+from threadpoolctl import threadpool_limits
+
+from . import init_kernels
+from .graph import compute, map_reduce_with_state, row_offsets
+
+logger = logging.getLogger("distkm")
 
 
-def init_centers(x, n_clusters, init, random_state, *, weights=None, sample_size=20000):
+def init_centers(x, n_clusters, init, random_state, *, weights=None, sample_size=20000, dtype=np.float32,
+                 oversampling=2.0, rounds=5, split_every=8, block_rows=2048):
     """Initial centers for one run.
 
     Parameters
     ----------
     x : dask.array.Array of shape (n, d)
     n_clusters : int
-    init : {"k-means++", "random"} or ndarray of shape (n_clusters, d)
+    init : {"k-means++", "k-means||", "random"} or ndarray of shape (n_clusters, d)
         An array is returned as float64 (it was validated at the door).
     random_state : numpy.random.RandomState
         Consumed in the same way scikit-learn's ``KMeans`` consumes it.
@@ -55,7 +69,95 @@ def init_centers(x, n_clusters, init, random_state, *, weights=None, sample_size
             sample_weights = None if weights is None else np.asarray(weights[index], dtype=np.float64)
         centers, _ = kmeans_plusplus(sample, n_clusters, sample_weight=sample_weights, random_state=random_state)
         return centers
-    raise ValueError(f"init must be 'k-means++', 'random' or an array, got {init!r}")
+    if init == "k-means||":
+        return kmeans_parallel(x, n_clusters, random_state, weights=weights, dtype=dtype, oversampling=oversampling,
+                               rounds=rounds, split_every=split_every, block_rows=block_rows)
+    raise ValueError(f"init must be 'k-means++', 'k-means||', 'random' or an array, got {init!r}")
+
+
+def kmeans_parallel(x, n_clusters, random_state, *, weights=None, dtype=np.float32, oversampling=2.0, rounds=5,
+                    split_every=8, block_rows=2048):
+    """k-means|| (scalable k-means++): ``rounds + 1`` passes over all rows, then k-means++ on the candidates.
+
+    The first candidate is a row drawn at random; each round draws
+    ``l = oversampling * n_clusters`` more rows with probability proportional
+    to their (weighted) squared distance to the candidates so far; a last
+    pass counts the rows nearest each candidate; scikit-learn's k-means++
+    and Lloyd on the weighted candidates then give the centers. Each chunk
+    keeps the distance to its rows' nearest candidate between passes (on the
+    worker), so a pass measures distances to the new candidates only. See
+    :mod:`distkm.init_kernels`.
+
+    Parameters
+    ----------
+    x : dask.array.Array of shape (n, d)
+    n_clusters : int
+    random_state : numpy.random.RandomState
+    weights : dask.array.Array of shape (n,), optional
+    dtype : numpy dtype
+        Compute dtype of the distances.
+    oversampling : float
+        ``l / n_clusters``; Bahmani et al. find 2 and 5 rounds as good as k-means++.
+    rounds : int
+        Sampling passes.
+    split_every, block_rows : int
+        Fan-in of the reduction tree; rows per block in the kernel.
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, d), float64
+    """
+    started = time.perf_counter()
+    n = x.shape[0]
+    n_draws = max(1, int(round(oversampling * n_clusters)))
+    seed = int(random_state.randint(np.iinfo(np.int32).max))
+    if weights is None:
+        first = random_state.randint(n)
+    else:
+        w = np.asarray(weights, dtype=np.float64)
+        first = random_state.choice(n, p=w / w.sum())
+    candidates = take_rows(x, [first])
+    offsets = row_offsets(x)
+    states, new, cost = None, candidates, None
+    for round_number in range(rounds + 1):
+        draws = n_draws if round_number < rounds else 0  # the last pass only counts
+        chunk = partial(init_kernels.kmeans_parallel_round, first_candidate=len(candidates) - len(new),
+                        n_candidates=len(candidates), n_draws=draws, seed=seed, round_number=round_number,
+                        block_rows=block_rows)
+        new_states, result = map_reduce_with_state(
+            x, chunk, init_kernels.merge_round_partials, name="kmeans-parallel", state=states,
+            constants=(np.ascontiguousarray(new, dtype=dtype),), weights=weights, split_every=split_every,
+            per_chunk=lambda i: {"row_offset": int(offsets[i])})
+        # The states stay on the workers. Unoptimised: fusing would rename the read tasks, and the
+        # scheduler warns when the next pass submits them under their own name.
+        *states, result = dask.persist(*new_states, result, optimize_graph=False)
+        result = compute(result)[0]
+        cost = result.cost
+        drawn = result.sample.index[0] >= 0
+        drawn &= np.isfinite(result.sample.keys[0])  # rows at distance 0 are never drawn
+        if round_number == rounds or not drawn.any():
+            break
+        new = result.sample.rows[0][drawn].astype(np.float64)
+        candidates = np.concatenate([candidates, new])
+    del states  # releases the per-chunk distances on the workers
+    # The last pass counted the rows nearest every candidate (also when a round drew nothing new).
+    centers = _recluster(candidates, result.weights, n_clusters, random_state)
+    logger.debug("k-means||: %d candidates in %d passes, cost %.6g, %.2f s", len(candidates), round_number + 1,
+                 cost, time.perf_counter() - started)
+    return centers
+
+
+def _recluster(candidates, weights, n_clusters, random_state):
+    """``n_clusters`` centers from the weighted candidates: k-means++ then Lloyd, in memory (they are few)."""
+    keep = weights > 0
+    candidates, weights = candidates[keep], weights[keep]
+    if len(candidates) <= n_clusters:  # fewer distinct rows than clusters: pad with copies, as sklearn would
+        return np.concatenate([candidates, candidates[np.arange(n_clusters - len(candidates)) % len(candidates)]])
+    # One thread: the result must not depend on the client machine's core count.
+    with threadpool_limits(limits=1):
+        model = _SKLearnKMeans(n_clusters, n_init=1, random_state=random_state, algorithm="lloyd")
+        model.fit(candidates, sample_weight=weights)
+    return model.cluster_centers_.astype(np.float64)
 
 
 def take_rows(x, index):

@@ -26,7 +26,7 @@ from .estimator import KMeans
 
 MODEL_FORMAT = "distkm-model"
 MODEL_FORMAT_VERSION = 1
-_PARAMS = ("n_clusters", "init", "n_init", "max_iter", "tol", "random_state", "dtype")
+_PARAMS = ("n_clusters", "init", "n_init", "max_iter", "tol", "random_state", "dtype", "algorithm")
 
 
 def library_versions():

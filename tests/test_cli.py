@@ -39,7 +39,7 @@ def test_fit_writes_a_complete_run_folder(fitted_run, mnist_test_store):
                                                      "model.json", "pictures", "report.md"]
     meta = json.loads((out / "model.json").read_text())
     assert meta["params"] == {"n_clusters": 10, "init": "k-means++", "n_init": "auto", "max_iter": 12,
-                              "tol": 1e-4, "random_state": 0, "dtype": "float32"}
+                              "tol": 1e-4, "random_state": 0, "dtype": "float32", "algorithm": "lloyd"}
     assert meta["data"]["path"] == str(mnist_test_store.resolve()) and meta["data"]["n_samples"] == 10000
     assert meta["n_iter"] == len(meta["history"]) <= 12
     assert sum(meta["cluster_sizes"]) == 10000
@@ -159,6 +159,15 @@ def test_overwrite_replaces_the_run_once_complete(tmp_path, mnist_test_store, mn
                                                      "report.md"]
     assert json.loads((out / "model.json").read_text())["params"]["init"] == "array"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["init.npy", "run"]
+
+
+def test_fit_with_kmeans_parallel_init_and_minibatch(tmp_path, mnist_test_store):
+    out = tmp_path / "mb"
+    assert main(["fit", str(mnist_test_store), "--k", "5", "--init", "k-means||", "--algorithm", "minibatch",
+                 "--max-iter", "2", "--seed", "1", "--out", str(out), "--quiet", "--no-pictures"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["params"]["algorithm"] == "minibatch" and meta["params"]["init"] == "k-means||"
+    assert sum(meta["cluster_sizes"]) == 10000 and {h["pass"] for h in meta["history"]} <= {1, 2}
 
 
 def test_ingest_command(tmp_path):

@@ -1,0 +1,110 @@
+"""Out-of-core mini-batch k-means: a few chunks per step, a good answer in one or two passes.
+
+scikit-learn's ``MiniBatchKMeans`` updates the centers from small random
+batches of rows held in memory. Here a batch is ``batch_chunks`` row chunks of
+the store, drawn without replacement in a seeded order that changes every pass;
+each step is one small map-reduce (:func:`distkm.kernels.partial_stats` on
+those chunks, on the workers that read them) and the centers move by
+scikit-learn's rule: every center is the running mean of all the rows ever
+assigned to it,
+
+    c_j <- (W_j c_j + s_j) / (W_j + b_j),    W_j <- W_j + b_j,
+
+with ``s_j``/``b_j`` the batch's sum/weight for cluster ``j`` and ``W_j``
+the weight seen so far. The run stops after ``max_passes`` passes over the
+data, or when a whole pass moved the centers by at most ``tol`` (squared).
+
+The chunk order is drawn on the client and each step's partials are reduced
+in a fixed tree, so a seeded run gives the same bits on any cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import numpy as np
+
+from . import kernels
+from .graph import compute, map_reduce
+from .lloyd import LloydResult, prepare_centers
+
+
+def minibatch(x, centers, *, max_passes, tol, dtype, random_state, batch_chunks=4, weights=None, split_every=8,
+              block_rows=2048, callback=None):
+    """Mini-batch k-means over the row chunks of ``x``.
+
+    Parameters
+    ----------
+    x : dask.array.Array of shape (n, d)
+    centers : ndarray of shape (k, d)
+        Initial centers.
+    max_passes : int
+        Passes over the data at most.
+    tol : float
+        Absolute tolerance on the squared center shift over one pass.
+    dtype : numpy dtype
+        Compute dtype of the distances.
+    random_state : numpy.random.RandomState
+        Draws the chunk order of every pass.
+    batch_chunks : int
+        Row chunks per step.
+    weights : dask.array.Array of shape (n,), optional
+    split_every, block_rows : int
+    callback : callable, optional
+        Called with each step's record: ``iteration`` (step), ``pass``, ``rows``,
+        ``inertia`` (the batch's, scaled to all rows: an estimate),
+        ``center_shift`` (squared, of this step), ``relocated`` (always empty) and ``seconds``.
+
+    Returns
+    -------
+    LloydResult
+        ``n_iter`` counts passes (as scikit-learn's ``MiniBatchKMeans.n_iter_``); ``history`` has one record per step.
+    """
+    centers = np.array(centers, dtype=np.float64)
+    seen = np.zeros(centers.shape[0])  # W_j: weight of all rows assigned to j so far
+    n_chunks, n_rows = x.numblocks[0], x.shape[0]
+    chunk_rows = np.asarray(x.chunks[0])
+    history, converged, step = [], False, 0
+    stats_of = partial(_batch_stats, block_rows=block_rows)
+    for pass_number in range(1, max_passes + 1):
+        at_pass_start = centers.copy()
+        order = random_state.permutation(n_chunks)
+        for start in range(0, n_chunks, batch_chunks):
+            started = time.perf_counter()
+            batch = np.sort(order[start:start + batch_chunks])  # sorted: a fixed tree, whatever the draw
+            c, half = prepare_centers(centers, dtype)
+            job = map_reduce(x.blocks[batch.tolist()], stats_of, _merge_batch_stats, name="minibatch-step",
+                             constants=(c, half),
+                             weights=None if weights is None else weights.blocks[batch.tolist()],
+                             split_every=split_every)
+            stats, sq_norm = compute(job)[0]
+            new_centers = centers.copy()
+            hit = stats.weights > 0
+            total = seen[hit] + stats.weights[hit]
+            new_centers[hit] = (centers[hit] * seen[hit, None] + stats.sums[hit]) / total[:, None]
+            seen[hit] = total
+            shift = float(((new_centers - centers) ** 2).sum())
+            centers = new_centers
+            step += 1
+            rows = int(chunk_rows[batch].sum())
+            record = {"iteration": step, "pass": pass_number, "rows": rows,
+                      "inertia": float((sq_norm + 2.0 * stats.score) * n_rows / rows), "center_shift": shift,
+                      "relocated": [], "seconds": time.perf_counter() - started}
+            history.append(record)
+            if callback is not None:
+                callback(record)
+        if float(((centers - at_pass_start) ** 2).sum()) <= tol:
+            converged = True
+            break
+    return LloydResult(centers, pass_number, converged, history)
+
+
+def _batch_stats(X, centers, half_sq_norms, weights=None, *, block_rows):
+    """A chunk's :class:`~distkm.kernels.PartialStats` and ``sum w ||x||^2`` (for the batch's inertia)."""
+    stats = kernels.partial_stats(X, centers, half_sq_norms, weights, block_rows=block_rows)
+    return stats, kernels.sq_norm_sum(X, weights, block_rows=block_rows)
+
+
+def _merge_batch_stats(*parts):
+    return kernels.merge_partial_stats(*(p[0] for p in parts)), sum(p[1] for p in parts)

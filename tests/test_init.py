@@ -1,0 +1,55 @@
+"""k-means|| (distkm.init, distkm.init_kernels) on a real LocalCluster, against brute force and scikit-learn."""
+
+import dask
+import numpy as np
+import pytest
+from sklearn.cluster import KMeans as SKMeans
+
+from distkm import KMeans
+from distkm.init import init_centers
+from distkm.init_kernels import kmeans_parallel_round, merge_round_partials
+
+
+def _brute_sq_distances(X, candidates):
+    return ((X[:, None, :].astype(np.float64) - candidates[None]) ** 2).sum(-1)
+
+
+def test_round_state_is_the_nearest_candidate_and_draws_do_not_depend_on_chunking():
+    rng = np.random.RandomState(0)
+    X = rng.randint(0, 256, size=(3000, 40)).astype(np.uint8)
+    first, second = X[[5]].astype(np.float64), X[[17, 900, 2500]].astype(np.float64)
+    kw = dict(seed=3, round_number=1, n_draws=25)
+
+    def run(rows):
+        state, _ = kmeans_parallel_round(X[rows], None, first, first_candidate=0, n_candidates=1, n_draws=0,
+                                         seed=3, round_number=0, row_offset=rows.start)
+        return kmeans_parallel_round(X[rows], state, second, first_candidate=1, n_candidates=4,
+                                     row_offset=rows.start, block_rows=700, **kw)
+
+    state, whole = run(slice(0, 3000))
+    d2 = _brute_sq_distances(X, np.concatenate([first, second]))
+    np.testing.assert_allclose(state.sq_distances, d2.min(1), rtol=1e-5, atol=1.0)
+    assert (state.nearest == d2.argmin(1)).mean() > 0.999  # ties and float32 rounding aside
+    np.testing.assert_array_equal(whole.weights, np.bincount(state.nearest, minlength=4))
+    assert whole.cost == pytest.approx(d2.min(1).sum(), rel=1e-5)
+    parts = merge_round_partials(*(run(slice(s, min(s + 700, 3000)))[1] for s in range(0, 3000, 700)))
+    np.testing.assert_array_equal(parts.sample.index, whole.sample.index)
+    assert parts.sample.index.shape == (1, 25) and (state.sq_distances[parts.sample.index[0]] > 0).all()
+
+
+def test_kmeans_parallel_is_as_good_as_kmeans_plusplus(client, mnist_test_store, mnist_test):
+    """Converged inertia from k-means|| within 1% of scikit-learn's k-means++ fit, on MNIST test."""
+    X, _ = mnist_test
+    ours = KMeans(10, init="k-means||", random_state=0, dtype="float64").fit(mnist_test_store)
+    ref = min(SKMeans(10, n_init=1, random_state=seed).fit(X.astype(np.float64)).inertia_ for seed in range(3))
+    assert ours.inertia_ <= 1.01 * ref
+
+
+def test_kmeans_parallel_is_reproducible_on_any_scheduler(client, mnist_test_store):
+    from distkm.data import open_store
+
+    x = open_store(mnist_test_store).images
+    on_cluster = init_centers(x, 10, "k-means||", np.random.RandomState(7))
+    with dask.config.set(scheduler="sync"):
+        local = init_centers(x.rechunk((1000, 784)), 10, "k-means||", np.random.RandomState(7))
+    assert on_cluster.tobytes() == local.tobytes()
