@@ -87,7 +87,7 @@ def map_reduce_with_state(x, chunk, combine, *, name, state=None, constants=(), 
     result : dask.delayed.Delayed
         ``combine`` over the partials.
     """
-    extra = None if state is None else [s.key for s in state]
+    extra = [None] * x.numblocks[0] if state is None else [s.key for s in state]
     layer, chunk_keys, token = _map_layer(x, chunk, name, constants, weights, per_chunk, extra)
     state_name, partial_name = f"distkm-{name}-state-{token}", f"distkm-{name}-partial-{token}"
     state_keys, partial_keys = [], []
@@ -99,7 +99,7 @@ def map_reduce_with_state(x, chunk, combine, *, name, state=None, constants=(), 
     final = _tree_layer(layer, partial_keys, combine, name, token, split_every)
     deps = [x] + ([] if weights is None else [weights]) + list(state or [])
     graph = HighLevelGraph.from_collections(final, layer, dependencies=deps)
-    return [Delayed(key, graph) for key in state_keys], Delayed(final, graph)
+    return [Delayed(key, graph, layer=final) for key in state_keys], Delayed(final, graph)
 
 
 def _map_layer(x, chunk, name, constants, weights, per_chunk, extra=None):

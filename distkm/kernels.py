@@ -1,7 +1,8 @@
 """Array kernels: what one chunk of rows contributes to k-means.
 
 Nothing here imports dask (numpy, and scipy.sparse for the per-cluster
-sums). Every function takes one in-memory chunk (or the small partial results of chunks) and returns small numpy results that the
+sums). Every function takes one in-memory chunk (or the small partial
+results of chunks) and returns small numpy results that the
 orchestration in :mod:`distkm.lloyd` combines with a tree reduction, in the
 manner of scikit-learn's ``_update_chunk_dense`` (a chunk's contribution into
 buffers its caller adds up) and dask's ``mean_chunk``/``mean_combine``.
