@@ -31,9 +31,7 @@ import logging
 import statistics
 import subprocess
 import sys
-import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DISTKM = str(Path(sys.executable).with_name("distkm"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _measure import run_measured  # noqa: E402
+from _measure import PeakRSS, run_measured  # noqa: E402
 
 SKLEARN = """
 import json, sys, time, numpy as np, zarr
@@ -63,35 +61,6 @@ if seed >= 0:
     t = time.perf_counter(); kmeans_plusplus(X, k, random_state=seed); out["init_seconds"] = time.perf_counter() - t
 print(json.dumps(out))
 """
-
-
-class PeakRSS:
-    """Peak of the summed RSS of this process and all its descendants, sampled in a thread."""
-
-    def __init__(self, interval=0.02):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self):
-        me = psutil.Process()
-        while not self._stop.is_set():
-            try:
-                total = sum(p.memory_info().rss for p in [me, *me.children(recursive=True)])
-                self.peak = max(self.peak, total)
-            except psutil.Error:
-                pass
-            time.sleep(self.interval)
-
-    @contextmanager
-    def measure(self, into, name):
-        """Peak over the block, stored as ``into[name]``."""
-        self.peak = 0
-        time.sleep(2 * self.interval)
-        self.peak = 0
-        yield
-        time.sleep(2 * self.interval)
-        into[name] = self.peak
 
 
 def ensure_store(name):

@@ -297,6 +297,12 @@ def _parse_cache(value):
     return {"auto": "auto", "yes": True, "no": False}[value]
 
 
+def _cache_flag(parser, when):
+    parser.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
+                        help=f"keep the store's chunks in the workers' memory {when} "
+                             "(auto: when they take at most 40%% of it)")
+
+
 # --------------------------------------------------------------------------- #
 # distkm quantize
 # --------------------------------------------------------------------------- #
@@ -429,9 +435,7 @@ def _parser():
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder once the new one is done")
     fit.add_argument("--resume", action="store_true",
                      help="continue an interrupted fit from its last checkpoint (OUT.partial)")
-    fit.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
-                     help="keep the store's chunks in the workers' memory during the fit "
-                          "(auto: when they take at most 40%% of it)")
+    _cache_flag(fit, "during the fit")
     _report_flags(fit)
     fit.set_defaults(func=_fit)
 
@@ -460,9 +464,7 @@ def _parser():
     sweeper.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     sweeper.add_argument("--silhouette-sample", type=int,
                          help="rows sampled for the silhouette score (default distkm.silhouette-sample; 0 skips it)")
-    sweeper.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
-                         help="keep the store's chunks in the workers' memory for all the fits "
-                              "(auto: when they take at most 40%% of it)")
+    _cache_flag(sweeper, "for all the fits")
     sweeper.add_argument("--no-pictures", action="store_true", help="no elbow.png")
     sweeper.add_argument("--overwrite", action="store_true")
     sweeper.set_defaults(func=_sweep)

@@ -233,7 +233,7 @@ default="k-means++"
                                checkpointed=checkpoint is not None)
             if self.algorithm == "minibatch" and not done:
                 # Checkpointed once finished: a killed mini-batch run restarts (it is one or two passes).
-                result = minibatch(x, centers, max_passes=self.max_iter, tol=tol, dtype=dtype,
+                result = minibatch(x, centers, summary=summary, max_passes=self.max_iter, tol=tol, dtype=dtype,
                                    random_state=random_state, batch_chunks=batch_chunks, weights=weights,
                                    split_every=split_every, block_rows=block_rows, callback=progress)
                 if on_iteration is not None:

@@ -104,16 +104,6 @@ def _summarize_block(X, weights=None):
     return DataSummary(n, mean, m2, weight_sum, weighted_sq_norm, n_nonfinite)
 
 
-def sq_norm_sum(X, weights=None, *, block_rows=2048):
-    """``sum_i w_i ||x_i||^2`` of a chunk, in float32 per row (a monitoring value, not for the exact inertia)."""
-    total = 0.0
-    for rows in _blocks(X.shape[0], block_rows):
-        Xb = X[rows].astype(np.float32, copy=False)
-        norms = np.einsum("ij,ij->i", Xb, Xb)
-        total += float(norms.sum(dtype=np.float64) if weights is None else norms @ np.asarray(weights[rows], float))
-    return total
-
-
 def palette_lookup(labels, palette):
     """Colour of every pixel from its cluster label (colour quantisation)."""
     return palette[labels]

@@ -30,8 +30,8 @@ from .graph import compute, map_reduce
 from .lloyd import LloydResult, prepare_centers
 
 
-def minibatch(x, centers, *, max_passes, tol, dtype, random_state, batch_chunks=4, weights=None, split_every=8,
-              block_rows=2048, callback=None):
+def minibatch(x, centers, *, summary, max_passes, tol, dtype, random_state, batch_chunks=4, weights=None,
+              split_every=8, block_rows=2048, callback=None):
     """Mini-batch k-means over the row chunks of ``x``.
 
     Parameters
@@ -39,6 +39,9 @@ def minibatch(x, centers, *, max_passes, tol, dtype, random_state, batch_chunks=
     x : dask.array.Array of shape (n, d)
     centers : ndarray of shape (k, d)
         Initial centers.
+    summary : DataSummary
+        Of all the data: its ``sum w ||x||^2`` turns a batch's score into an
+        inertia estimate without computing the batch's norms again.
     max_passes : int
         Passes over the data at most.
     tol : float
@@ -53,7 +56,8 @@ def minibatch(x, centers, *, max_passes, tol, dtype, random_state, batch_chunks=
     split_every, block_rows : int
     callback : callable, optional
         Called with each step's record: ``iteration`` (step), ``pass``, ``rows``,
-        ``inertia`` (the batch's, scaled to all rows: an estimate),
+        ``inertia`` (an estimate for all rows: the data's ``sum w ||x||^2`` plus the batch's
+        scaled score; exact in expectation over random batches),
         ``center_shift`` (squared, of this step), ``relocated`` (always empty) and ``seconds``.
 
     Returns
@@ -66,7 +70,7 @@ def minibatch(x, centers, *, max_passes, tol, dtype, random_state, batch_chunks=
     n_chunks, n_rows = x.numblocks[0], x.shape[0]
     chunk_rows = np.asarray(x.chunks[0])
     history, converged, step = [], False, 0
-    stats_of = partial(_batch_stats, block_rows=block_rows)
+    chunk = partial(kernels.partial_stats, block_rows=block_rows)
     for pass_number in range(1, max_passes + 1):
         at_pass_start = centers.copy()
         order = random_state.permutation(n_chunks)
@@ -74,11 +78,11 @@ def minibatch(x, centers, *, max_passes, tol, dtype, random_state, batch_chunks=
             started = time.perf_counter()
             batch = np.sort(order[start:start + batch_chunks])  # sorted: a fixed tree, whatever the draw
             c, half = prepare_centers(centers, dtype)
-            job = map_reduce(x.blocks[batch.tolist()], stats_of, _merge_batch_stats, name="minibatch-step",
+            job = map_reduce(x.blocks[batch.tolist()], chunk, kernels.merge_partial_stats, name="minibatch-step",
                              constants=(c, half),
                              weights=None if weights is None else weights.blocks[batch.tolist()],
                              split_every=split_every)
-            stats, sq_norm = compute(job)[0]
+            stats = compute(job)[0]
             new_centers = centers.copy()
             hit = stats.weights > 0
             total = seen[hit] + stats.weights[hit]
@@ -89,7 +93,7 @@ def minibatch(x, centers, *, max_passes, tol, dtype, random_state, batch_chunks=
             step += 1
             rows = int(chunk_rows[batch].sum())
             record = {"iteration": step, "pass": pass_number, "rows": rows,
-                      "inertia": float((sq_norm + 2.0 * stats.score) * n_rows / rows), "center_shift": shift,
+                      "inertia": summary.weighted_sq_norm + 2.0 * stats.score * n_rows / rows, "center_shift": shift,
                       "relocated": [], "seconds": time.perf_counter() - started}
             history.append(record)
             if callback is not None:
@@ -98,13 +102,3 @@ def minibatch(x, centers, *, max_passes, tol, dtype, random_state, batch_chunks=
             converged = True
             break
     return LloydResult(centers, pass_number, converged, history)
-
-
-def _batch_stats(X, centers, half_sq_norms, weights=None, *, block_rows):
-    """A chunk's :class:`~distkm.kernels.PartialStats` and ``sum w ||x||^2`` (for the batch's inertia)."""
-    stats = kernels.partial_stats(X, centers, half_sq_norms, weights, block_rows=block_rows)
-    return stats, kernels.sq_norm_sum(X, weights, block_rows=block_rows)
-
-
-def _merge_batch_stats(*parts):
-    return kernels.merge_partial_stats(*(p[0] for p in parts)), sum(p[1] for p in parts)

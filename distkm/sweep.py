@@ -83,7 +83,8 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
     held_out = [name for name in splits if name != split] if split else []
     rows = []
     for k in ks:
-        model = KMeans(n_clusters=k, **(fit_params or {}))
+        # cache=False: the caller already cached the store (or chose not to) once for every k
+        model = KMeans(n_clusters=k, **{**(fit_params or {}), "cache": False})
         began = time.perf_counter()
         model.fit(x)
         fit_seconds = time.perf_counter() - began
