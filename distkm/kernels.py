@@ -70,7 +70,7 @@ class DataSummary(NamedTuple):
     n_nonfinite: int
 
 
-def summarize_chunk(X, weights=None, *, block_rows=65536):
+def summarize_chunk(X, weights=None, *, block_rows=4096):
     """Summary statistics of one chunk, see :class:`DataSummary`.
 
     Computed block by block and merged, so the float64 temporaries are
