@@ -9,7 +9,8 @@ with ``distkm augment``. For each store, on a LocalCluster of 2 workers x 1 thre
 worker settings), from the same initial centers (k seeded random rows):
 
 * read: a pass that only reads and decodes every chunk (the floor for an out-of-core iteration);
-* distkm out-of-core (``cache=False``: the store is re-read every iteration) and cached (``cache=True``);
+* distkm out-of-core (``cache=False``: the store is re-read every iteration) and cached (``cache=True``;
+  skipped when the chunks exceed the share of the workers' memory that ``cache="auto"`` allows);
 * dask-ml ``KMeans`` on the same store (as float32), its per-iteration times from its own log;
 * scikit-learn ``KMeans(algorithm="lloyd")`` on the rows in RAM as float32, in its own process
   (skipped when they would not fit in memory); per iteration = (fit with 1 + m iterations minus
@@ -112,6 +113,7 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
     from distributed import wait
 
     from distkm import KMeans
+    from distkm.cache import AUTO_FRACTION, cluster_memory, should_cache
     from distkm.cluster import dask_client
     from distkm.data import open_store
     from distkm.init import init_centers, take_rows
@@ -136,6 +138,10 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
         times["read"] = statistics.median(read)
 
         for label, cache in (("distkm out-of-core", False), ("distkm cached", True)):
+            if cache and not should_cache(x.nbytes, client):  # e.g. aug32m: 25 GB of chunks
+                notes[label] = (f"skipped: {fmt_bytes(x.nbytes)} of chunks exceed {AUTO_FRACTION:.0%} of the "
+                                f"workers' memory ({fmt_bytes(cluster_memory(client))})")
+                continue
             with rss.measure(peaks, label):
                 model = KMeans(k, init=init, max_iter=iterations, tol=0, cache=cache).fit(x)
             times[label] = statistics.median(h["seconds"] for h in model.history_)
@@ -156,11 +162,13 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
 
         if with_init:
             inits = {}
-            cached = client.persist(x)
+            fits = should_cache(x.nbytes, client)
+            cached = client.persist(x) if fits else x  # the converged fits below read it again and again
             wait(cached)
-            for label, method, data in (("distkm k-means|| (out-of-core)", "k-means||", x),
-                                        ("distkm k-means|| (cached)", "k-means||", cached),
-                                        ("distkm k-means++ (sample)", "k-means++", x)):
+            runs = [("distkm k-means|| (out-of-core)", "k-means||", x)]
+            runs += [("distkm k-means|| (cached)", "k-means||", cached)] if fits else []
+            runs += [("distkm k-means++ (sample)", "k-means++", x)]
+            for label, method, data in runs:
                 t = time.perf_counter()
                 centers = init_centers(data, k, method, np.random.RandomState(seed))
                 seconds = time.perf_counter() - t
