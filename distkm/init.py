@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from . import init_kernels
 from .graph import compute, map_reduce_with_state, row_offsets
+from .lloyd import prepare_centers
 
 logger = logging.getLogger("distkm")
 
@@ -126,7 +127,7 @@ def kmeans_parallel(x, n_clusters, random_state, *, weights=None, dtype=np.float
                         block_rows=block_rows)
         new_states, result = map_reduce_with_state(
             x, chunk, init_kernels.merge_round_partials, name="kmeans-parallel", state=states,
-            constants=(np.ascontiguousarray(new, dtype=dtype),), weights=weights, split_every=split_every,
+            constants=prepare_centers(new, dtype), weights=weights, split_every=split_every,
             per_chunk=lambda i: {"row_offset": int(offsets[i])})
         # The states stay on the workers. Unoptimised: fusing would rename the read tasks, and the
         # scheduler warns when the next pass submits them under their own name.

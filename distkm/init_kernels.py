@@ -71,8 +71,8 @@ class RoundPartial(NamedTuple):
     weights: np.ndarray
 
 
-def kmeans_parallel_round(X, state, new_candidates, weights=None, *, first_candidate, n_candidates, n_draws,
-                          seed, round_number, row_offset, block_rows=2048):
+def kmeans_parallel_round(X, state, new_candidates, half_sq_norms, weights=None, *, first_candidate, n_candidates,
+                          n_draws, seed, round_number, row_offset, block_rows=2048):
     """Update a chunk's nearest candidates with the new ones, then draw the round's sample.
 
     Parameters
@@ -83,6 +83,8 @@ def kmeans_parallel_round(X, state, new_candidates, weights=None, *, first_candi
         From the previous round (``None`` in the first).
     new_candidates : ndarray of shape (c, d)
         Candidates added since the previous round, in the compute dtype.
+    half_sq_norms : ndarray of shape (c,)
+        ``0.5 * ||c||^2`` of the new candidates (:func:`distkm.lloyd.prepare_centers`), once per round.
     weights : ndarray of shape (m,), optional
     first_candidate : int
         Number of the first new candidate (how many there were before).
@@ -108,7 +110,6 @@ def kmeans_parallel_round(X, state, new_candidates, weights=None, *, first_candi
         state = NearestCandidate(np.empty(m), np.full(m, np.inf), np.zeros(m, dtype=np.int32))
     sq_norms, sq_distances, nearest = state.sq_norms, state.sq_distances.copy(), state.nearest.copy()
     dtype = new_candidates.dtype
-    half_sq_norms = 0.5 * np.einsum("ij,ij->i", new_candidates, new_candidates, dtype=np.float64).astype(dtype)
     for rows in _blocks(m, block_rows):
         Xb = X[rows].astype(dtype, copy=False)
         labels, best = _assign_block(Xb, new_candidates, half_sq_norms)

@@ -8,6 +8,7 @@ from sklearn.cluster import KMeans as SKMeans
 from distkm import KMeans
 from distkm.init import init_centers
 from distkm.init_kernels import kmeans_parallel_round, merge_round_partials
+from distkm.lloyd import prepare_centers
 
 
 def _brute_sq_distances(X, candidates):
@@ -21,10 +22,10 @@ def test_round_state_is_the_nearest_candidate_and_draws_do_not_depend_on_chunkin
     kw = dict(seed=3, round_number=1, n_draws=25)
 
     def run(rows):
-        state, _ = kmeans_parallel_round(X[rows], None, first, first_candidate=0, n_candidates=1, n_draws=0,
-                                         seed=3, round_number=0, row_offset=rows.start)
-        return kmeans_parallel_round(X[rows], state, second, first_candidate=1, n_candidates=4,
-                                     row_offset=rows.start, block_rows=700, **kw)
+        state, _ = kmeans_parallel_round(X[rows], None, *prepare_centers(first, np.float64), first_candidate=0,
+                                         n_candidates=1, n_draws=0, seed=3, round_number=0, row_offset=rows.start)
+        return kmeans_parallel_round(X[rows], state, *prepare_centers(second, np.float64), first_candidate=1,
+                                     n_candidates=4, row_offset=rows.start, block_rows=700, **kw)
 
     state, whole = run(slice(0, 3000))
     d2 = _brute_sq_distances(X, np.concatenate([first, second]))

@@ -72,6 +72,15 @@ def test_summary_merge_matches_numpy():
     assert total.weighted_sq_norm == pytest.approx((X**2).sum(), rel=1e-12)
 
 
+def test_summary_of_a_chunk_larger_than_a_block_is_the_merge_of_its_blocks():
+    X = np.random.RandomState(3).randint(0, 256, size=(1000, 8)).astype(np.uint8)
+    blocked = kernels.summarize_chunk(X, block_rows=128)
+    whole = kernels.summarize_chunk(X, block_rows=4096)
+    assert blocked.n == whole.n == 1000 and blocked.weighted_sq_norm == whole.weighted_sq_norm  # integers: exact
+    np.testing.assert_allclose(blocked.mean, X.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(blocked.m2, whole.m2, rtol=1e-10)
+
+
 def test_summary_counts_nonfinite_values():
     X = np.ones((10, 3))
     X[2, 1], X[5, 0] = np.nan, np.inf
