@@ -130,6 +130,7 @@ def _fit(args):
     start = time.perf_counter()
     # Everything that can be checked without a cluster is checked first.
     store = open_store(args.store, split=args.split)
+    whole_store = open_store(args.store) if args.split else store
     check_output_path(args.out, overwrite=args.overwrite)
     work = partial_path(args.out)
     if work.exists() and not args.resume:
@@ -145,7 +146,8 @@ def _fit(args):
         raise ValueError(f"n_samples={x.shape[0]} should be >= n_clusters={args.k}.")
     work.mkdir(parents=True, exist_ok=True)
     try:
-        with _client(args, report_folder=work) as client:
+        # The evaluation reads every split of the store, not only the fitted one.
+        with _client(args, report_folder=work, data_nbytes=whole_store.images.nbytes) as client:
             if not args.quiet:
                 print(f"distkm {__version__}: k={args.k} on {args.store} ({x.shape[0]:,} rows x {x.shape[1]}, "
                       f"{x.numblocks[0]} chunk{'s' if x.numblocks[0] != 1 else ''}), "
@@ -163,7 +165,7 @@ def _fit(args):
                 "fit_seconds": fit_seconds,
                 "seconds_per_iteration": fit_seconds / max(model.n_iter_, 1),
                 "command_seconds": time.perf_counter() - start}})
-            evaluation = report_run(work, model, meta, open_store(args.store), evaluate=not args.no_evaluate,
+            evaluation = report_run(work, model, meta, whole_store, evaluate=not args.no_evaluate,
                                     pictures=not args.no_pictures, seed=args.seed or 0)
     except BaseException:
         if (work / "checkpoint" / "checkpoint.json").exists():
@@ -206,7 +208,7 @@ def _evaluate(args):
     if store.images.shape[1] != model.n_features_in_:
         raise ValueError(f"store {data!r} has {store.images.shape[1]} features per row, "
                          f"but the model was fitted on {model.n_features_in_}")
-    with _client(args, report_folder=args.run):
+    with _client(args, report_folder=args.run, data_nbytes=store.images.nbytes):
         if not args.quiet:
             print(f"evaluating {args.run} on {data} ({store.images.shape[0]:,} rows)", flush=True)
         evaluation = report_run(Path(args.run), model, meta, store, pictures=not args.no_pictures,
@@ -217,13 +219,15 @@ def _evaluate(args):
 
 
 @contextmanager
-def _client(args, report_folder=None):
+def _client(args, report_folder=None, data_nbytes=None):
     """The command's Dask client; with --performance-report, a self-contained HTML report of the
-    command's work is written into ``report_folder`` when the block ends."""
+    command's work is written into ``report_folder`` when the block ends. ``data_nbytes`` (the size
+    of the data the command reads) lets a LocalCluster for small data run its workers as threads."""
     from .cluster import dask_client
 
     with dask_client(args.scheduler, cluster_config=args.cluster_config, n_workers=args.n_workers,
-                     threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit) as client:
+                     threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
+                     data_nbytes=data_nbytes) as client:
         if not args.quiet:
             link = client.dashboard_link
             print(f"Dask dashboard: {link} (iterations and inertia: {link.rsplit('/', 1)[0]}/distkm)", flush=True)
@@ -272,7 +276,8 @@ def _sweep(args):
     check_output_path(args.out, overwrite=args.overwrite)
     fit_params = {"random_state": args.seed, "max_iter": args.max_iter, "tol": args.tol, "dtype": args.dtype,
                   "n_init": _parse_n_init(args.n_init)}
-    with atomic_output(args.out, overwrite=args.overwrite) as tmp, _client(args, report_folder=tmp) as client:
+    with atomic_output(args.out, overwrite=args.overwrite) as tmp, \
+            _client(args, report_folder=tmp, data_nbytes=store.images.nbytes) as client:
         images, labels = cache_arrays(client, [store.images, store.labels], mode=_parse_cache(args.cache))
         store = replace_arrays(store, images, labels)
         if not args.quiet:

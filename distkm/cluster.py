@@ -10,7 +10,8 @@ import logging
 from contextlib import contextmanager
 
 import dask.config
-from dask.utils import parse_timedelta
+from dask.system import CPU_COUNT
+from dask.utils import parse_bytes, parse_timedelta
 from distributed import Client, LocalCluster
 
 from . import config, dashboard
@@ -21,7 +22,7 @@ logger = logging.getLogger("distkm")
 
 @contextmanager
 def dask_client(scheduler=None, *, cluster_config=None, timeout=None, n_workers=None, threads_per_worker=None,
-                memory_limit=None):
+                memory_limit=None, data_nbytes=None):
     """A connected :class:`distributed.Client`; what it started is closed when the block ends.
 
     Parameters
@@ -38,6 +39,11 @@ def dask_client(scheduler=None, *, cluster_config=None, timeout=None, n_workers=
         How long to wait for the scheduler (default ``distkm.scheduler-timeout``).
     n_workers, threads_per_worker, memory_limit : optional
         Override the LocalCluster settings.
+    data_nbytes : int, optional
+        Size of the data the command works on. With ``processes: auto`` (the
+        default), a LocalCluster for at most ``threads-up-to`` bytes runs its
+        workers as threads of this process, which start in a fraction of the
+        time of worker processes.
 
     Yields
     ------
@@ -60,12 +66,15 @@ def dask_client(scheduler=None, *, cluster_config=None, timeout=None, n_workers=
         settings = {**config.get("local-cluster", {}), **section}
         environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
                    **settings.get("worker-environ", {})}
+        processes = _use_processes(settings, data_nbytes)
         with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-            cluster = _local_cluster(settings, n_workers, threads_per_worker, memory_limit)
+            cluster = _local_cluster(settings, n_workers, threads_per_worker, memory_limit, processes=processes)
         n_expected = 0  # a LocalCluster returns with its workers up
+        link = {} if processes else _dashboard_link_config(settings)
     else:
         cluster, n_expected = _start_cluster(kind, section)
-    with cluster, Client(cluster) as client, report_lost_workers(client):
+        link = {}
+    with cluster, dask.config.set(link), Client(cluster) as client, report_lost_workers(client):
         dashboard.install(client)
         if n_expected:
             _wait_for_workers(client, n_expected, kind, section)
@@ -122,13 +131,41 @@ def _wait_for_workers(client, n, kind, section):
         raise TimeoutError(f"only {have} of {n} {kind} worker(s) started within {timeout:g} s; {hint}") from None
 
 
-def _local_cluster(settings, n_workers, threads_per_worker, memory_limit):
+def _use_processes(settings, data_nbytes):
+    """Whether a LocalCluster gets worker processes (see ``distkm.local-cluster.processes``)."""
+    processes = settings.get("processes", "auto")
+    if processes == "auto":
+        return data_nbytes is None or data_nbytes > parse_bytes(settings.get("threads-up-to", 0))
+    if not isinstance(processes, bool):
+        raise ValueError(f"distkm.local-cluster.processes must be true, false or 'auto', got {processes!r}")
+    return processes
+
+
+def _dashboard_link_config(settings):
+    """The dashboard link of a LocalCluster of threads, naming the host its dashboard listens on.
+
+    Its scheduler's address is ``inproc://<machine's IP>/...``, from which
+    distributed would build a link to the machine's IP, while the dashboard
+    listens on ``dashboard-address`` (the loopback by default).
+    """
+    host = str(settings.get("dashboard-address") or "").rpartition(":")[0]
+    template = dask.config.get("distributed.dashboard.link")
+    return {"distributed.dashboard.link": template.replace("{host}", host)} if host else {}
+
+
+def _local_cluster(settings, n_workers, threads_per_worker, memory_limit, *, processes=True):
+    threads = threads_per_worker or settings.get("threads-per-worker", 1)
+    n_workers = n_workers or settings.get("n-workers")
+    if n_workers is None and not processes:  # LocalCluster would start one worker: keep one per core
+        n_workers = max(1, CPU_COUNT // threads)
     return LocalCluster(
-        n_workers=n_workers or settings.get("n-workers"),
-        threads_per_worker=threads_per_worker or settings.get("threads-per-worker", 1),
+        processes=processes,
+        n_workers=n_workers,
+        threads_per_worker=threads,
         memory_limit=memory_limit or settings.get("memory-limit", "auto"),
         dashboard_address=settings.get("dashboard-address", "127.0.0.1:8787"),
-        host="127.0.0.1",
+        # Worker processes listen on the loopback only; threads talk in-process (inproc://), no socket.
+        host="127.0.0.1" if processes else None,
         silence_logs=logging.ERROR,
     )
 
