@@ -6,7 +6,10 @@ after level), with three differences that matter to distkm:
 
 * The constants of a pass (the centers, a few KB) sit under one key that
   every chunk task depends on, so they travel once to each worker instead of
-  being copied into every task.
+  being copied into every task; when copies would total less than
+  :data:`EMBED_BYTES` (few chunks), they go into the tasks, which saves the
+  scheduling round of that key. The last task of the tree is the result
+  itself: a one-chunk pass is one task, a small job's iteration one round trip.
 * The order in which partials are combined is fixed by the chunk order,
   never by which worker finishes first: floating-point sums, hence the
   centers, are bit-identical on any number of workers or threads.
@@ -25,6 +28,10 @@ import numpy as np
 from dask.core import flatten
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
+
+
+#: Constants are copied into the chunk tasks when all the copies take at most this many bytes.
+EMBED_BYTES = 1 << 20
 
 
 def row_offsets(x):
@@ -108,12 +115,16 @@ def _map_layer(x, chunk, name, constants, weights, per_chunk, extra=None):
     # keys, or the scheduler may forget the first result while the second asks for it.
     token = uuid.uuid4().hex
     layer = {}
-    const_keys = []
-    for j, value in enumerate(constants):
-        key = (f"distkm-{name}-args-{token}", j)
-        layer[key] = value
-        const_keys.append(key)
     x_keys = list(flatten(x.__dask_keys__()))
+    arrays = all(isinstance(value, np.ndarray) for value in constants)  # (a tuple could read as a task)
+    if arrays and len(x_keys) * sum(value.nbytes for value in constants) <= EMBED_BYTES:
+        const_keys = list(constants)
+    else:
+        const_keys = []
+        for j, value in enumerate(constants):
+            key = (f"distkm-{name}-args-{token}", j)
+            layer[key] = value
+            const_keys.append(key)
     w_keys = list(flatten(weights.__dask_keys__())) if weights is not None else [None] * len(x_keys)
     chunk_name = f"distkm-{name}-{token}"
     keys = []
@@ -131,20 +142,20 @@ def _tree_layer(layer, level, combine, name, token, split_every):
         raise ValueError(f"split_every must be >= 2, got {split_every}")
     depth = 0
     combine_name = f"distkm-{name}-combine-{token}"
-    while len(level) > 1:
+    if len(level) == 1:  # one chunk: its task is the result (named like the chunk tasks on the dashboard)
+        final = f"distkm-{name}-{token}"
+        layer[final] = layer.pop(level[0])
+        return final
+    while True:
+        if len(level) <= split_every:  # the root of the tree is the result
+            layer[combine_name] = (combine, *level)
+            return combine_name
         next_level = []
         for j in range(0, len(level), split_every):
             key = (combine_name, depth, j // split_every)
             layer[key] = (combine, *level[j : j + split_every])
             next_level.append(key)
         level, depth = next_level, depth + 1
-    final = f"distkm-{name}-result-{token}"
-    layer[final] = (_identity, level[0])
-    return final
-
-
-def _identity(value):
-    return value
 
 
 def compute(*jobs, label=None, optimize_graph=True):
