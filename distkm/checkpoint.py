@@ -2,7 +2,9 @@
 
 A checkpoint folder holds ``checkpoint.json`` (iteration, history, RNG
 state, fingerprint of parameters and data, best run so far) and the centers
-it refers to as zarr arrays. Each zarr array gets a fresh name and the JSON
+it refers to as ``.npy`` files (a few KB; written in well under a
+millisecond, where a zarr array took ~10 ms, a fifth of a small job's
+iteration). Each file gets a fresh name and the JSON
 is replaced by ``os.replace``, so a kill at any instant leaves either the
 previous checkpoint or the new one, never a mix. Centers are stored as
 float64 and the RNG state exactly, so a resumed fit ends bit-identical to an
@@ -21,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 logger = logging.getLogger("distkm")
 
 FORMAT = "distkm-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: centers in .npy files (1: zarr arrays)
 
 
 @dataclass
@@ -132,20 +133,20 @@ class Checkpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _write(self, array):
-        name = f"centers-{uuid.uuid4().hex[:12]}.zarr"
+        name = f"centers-{uuid.uuid4().hex[:12]}.npy"
         tmp = self.folder / f".{name}"
-        z = zarr.create_array(tmp, shape=array.shape, chunks=array.shape, dtype=np.float64)
-        z[...] = np.asarray(array, dtype=np.float64)
+        with tmp.open("wb") as f:
+            np.save(f, np.asarray(array, dtype=np.float64), allow_pickle=False)
         os.replace(tmp, self.folder / name)
         return name
 
     def _read(self, name):
-        return np.asarray(zarr.open_array(self.folder / name, mode="r")[...])
+        return np.load(self.folder / name, allow_pickle=False)
 
     def _remove_unreferenced(self, keep):
-        for path in self.folder.glob("centers-*.zarr"):
+        for path in self.folder.glob("centers-*.npy"):
             if path.name not in keep:
-                shutil.rmtree(path, ignore_errors=True)
+                path.unlink(missing_ok=True)
 
 
 def _differences(saved, current, prefix=""):
