@@ -5,11 +5,20 @@ raw (uint8) chunks fit comfortably in the cluster's memory, persisting them
 once turns every later pass into pure compute, and several fits on the same
 data (a sweep of k) share that single read. The data stays distributed: each
 worker holds the chunks it read, nothing is gathered.
+
+A fit caches its rows in blocks of ``split_every`` row chunks
+(:func:`cache_in_blocks`): a cached Lloyd iteration is then one task per block
+instead of one per chunk. On 2 cores a task costs ~9 ms of scheduling beside a
+6 ms kernel (measured on aug1m: 0.76-0.81 s an iteration with 100 tasks,
+0.50-0.54 s with 20 or 8). Each block is one first-level node of the
+reduction tree, so the sums, hence the centers, stay bit-identical to the
+uncached pass.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 from dask.utils import format_bytes
 
@@ -75,3 +84,55 @@ def cache_arrays(client, arrays, mode="auto", *, log=True):
     if log:
         logger.info("data cached on the workers (%s)", format_bytes(nbytes))
     return [None if a is None else next(it) for a in arrays]
+
+
+class CachedBlocks(NamedTuple):
+    """Rows persisted in blocks of consecutive row chunks.
+
+    Attributes
+    ----------
+    blocks : dask.array.Array
+        Persisted; block ``i`` holds the row chunks ``chunk_rows[i]``.
+    chunk_rows : tuple of tuple of int
+        Rows of every row chunk of every block, in order.
+    """
+
+    blocks: object
+    chunk_rows: tuple
+
+
+def group_chunks(chunks, split_every):
+    """Consecutive row chunks in groups of ``split_every``: the first level of the reduction tree."""
+    chunks = tuple(int(c) for c in chunks)
+    return tuple(chunks[i:i + split_every] for i in range(0, len(chunks), split_every))
+
+
+def cache_in_blocks(client, x, split_every, mode="auto"):
+    """Persist ``x`` in blocks of ``split_every`` row chunks if it fits (see :func:`should_cache`).
+
+    Returns
+    -------
+    x : dask.array.Array
+        Chunked as given; when cached, read from the blocks in memory (a
+        slice of a block is a view, not a copy).
+    cached : CachedBlocks or None
+        ``None`` when not cached, or when ``x`` was already persisted (by
+        ``distkm sweep``, say): it is used as it is, never held twice.
+    """
+    if _persisted(x):
+        return x, None
+    if not should_cache(x.nbytes, client, mode):
+        if mode == "auto":
+            logger.info("data (%s) not cached: more than %d%% of the workers' memory (%s); "
+                        "every pass reads the store", format_bytes(x.nbytes), AUTO_FRACTION * 100,
+                        format_bytes(cluster_memory(client)))
+        return x, None
+    groups = group_chunks(x.chunks[0], split_every)
+    blocks = client.persist(x.rechunk({0: tuple(sum(g) for g in groups)}))
+    return blocks.rechunk({0: x.chunks[0]}), CachedBlocks(blocks, groups)
+
+
+def _persisted(x):
+    from distributed import Future
+
+    return all(isinstance(v, Future) for v in dict(x.__dask_graph__()).values())

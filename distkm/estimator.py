@@ -193,12 +193,12 @@ default="k-means++"
         batch_chunks = self.batch_chunks or config.get("minibatch-chunks")
         random_state = check_random_state(self.random_state)
         data = x  # labels_ is built on the uncached array: it must not pin the cache in memory
-        x = _cached(x, self.cache)
+        x, cached = _cached(x, self.cache, split_every)
 
         summary = lloyd.summarize(x, weights, split_every=split_every)
         if summary.n_nonfinite:
             raise ValueError(f"X contains {summary.n_nonfinite} NaN or infinite value(s); k-means needs finite data")
-        if x is not data:
+        if cached is not None:
             logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))
         tol = lloyd.tolerance(summary, self.tol)
 
@@ -241,7 +241,8 @@ default="k-means++"
             else:
                 result = lloyd.lloyd(x, centers, summary=summary, max_iter=self.max_iter, tol=tol, dtype=dtype,
                                      weights=weights, split_every=split_every, block_rows=block_rows,
-                                     callback=progress, history=history, converged=done, on_iteration=on_iteration)
+                                     callback=progress, history=history, converged=done, on_iteration=on_iteration,
+                                     cached=cached)
             final = lloyd.final_stats(x, result.centers, dtype, weights=weights, split_every=split_every,
                                       block_rows=block_rows)
             if self.verbose:
@@ -375,23 +376,26 @@ def _check_sample_weight(sample_weight, x):
     return w
 
 
-def _cached(x, mode):
-    """``x`` persisted on the workers of the active distributed client, when ``mode`` asks for it."""
+def _cached(x, mode, split_every):
+    """``x`` persisted on the workers of the active distributed client, when ``mode`` asks for it.
+
+    Returns ``(x, blocks)``: see :func:`distkm.cache.cache_in_blocks` (``blocks`` is ``None`` when not cached).
+    """
     if mode is False:
-        return x
+        return x, None
     try:
         from distributed import default_client
 
         client = default_client()
     except ValueError:  # no distributed client: local threads read numpy or zarr directly
-        return x
+        return x, None
     from dask.base import get_scheduler
 
     if get_scheduler() != client.get:  # another scheduler was chosen (e.g. "sync") while a client exists
-        return x
-    from .cache import cache_arrays
+        return x, None
+    from .cache import cache_in_blocks
 
-    return cache_arrays(client, [x], mode=mode, log=False)[0]
+    return cache_in_blocks(client, x, split_every, mode=mode)
 
 
 def _report_iteration(record, *, run, n_clusters, verbose, checkpointed=False):

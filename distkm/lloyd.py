@@ -75,7 +75,7 @@ def tolerance(summary, tol):
 
 
 def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_every=8, block_rows=2048,
-          callback=None, history=None, converged=False, on_iteration=None):
+          callback=None, history=None, converged=False, on_iteration=None, cached=None):
     """Run Lloyd iterations from ``centers`` until the tolerance or ``max_iter``.
 
     Parameters
@@ -106,21 +106,28 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     on_iteration : callable, optional
         ``on_iteration(centers, history, converged)`` after every iteration
         (the checkpoint is written there).
+    cached : distkm.cache.CachedBlocks, optional
+        ``x`` held in memory in blocks of ``split_every`` chunks: the
+        iterations then run one task per block (same results to the bit).
 
     Returns
     -------
     LloydResult
     """
     centers = np.array(centers, dtype=np.float64)
-    chunk = partial(kernels.partial_stats, block_rows=block_rows)
+    data, chunk, per_chunk, data_weights = x, partial(kernels.partial_stats, block_rows=block_rows), None, weights
+    if cached is not None:
+        data, chunk = cached.blocks, partial(_blocks_partial_stats, block_rows=block_rows)
+        per_chunk = lambda i: {"chunk_rows": cached.chunk_rows[i]}  # noqa: E731
+        data_weights = None if weights is None else weights.rechunk({0: data.chunks[0]})
     history = list(history or [])
     if converged or len(history) >= max_iter:
         return LloydResult(centers, len(history), converged, history)
     for iteration in range(len(history) + 1, max_iter + 1):
         started = time.perf_counter()
         c, half = prepare_centers(centers, dtype)
-        job = map_reduce(x, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
-                         weights=weights, split_every=split_every)
+        job = map_reduce(data, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
+                         weights=data_weights, split_every=split_every, per_chunk=per_chunk)
         stats = compute(job)[0]
         sums, cluster_weights = stats.sums, stats.weights
         inertia = summary.weighted_sq_norm + 2.0 * stats.score
@@ -145,6 +152,21 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
         if converged:
             break
     return LloydResult(centers, iteration, converged, history)
+
+
+def _blocks_partial_stats(X, centers, half_sq_norms, weights=None, *, chunk_rows, block_rows):
+    """:func:`~distkm.kernels.partial_stats` of a cached block, chunk by chunk, merged in chunk order.
+
+    Exactly what the first level of the reduction tree computes from the
+    chunks one by one, so cached and uncached passes agree to the bit.
+    """
+    parts, start = [], 0
+    for rows in chunk_rows:
+        part = slice(start, start + rows)
+        parts.append(kernels.partial_stats(X[part], centers, half_sq_norms, None if weights is None else weights[part],
+                                           block_rows=block_rows))
+        start += rows
+    return parts[0] if len(parts) == 1 else kernels.merge_partial_stats(*parts)
 
 
 def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_every=8, block_rows=2048):

@@ -5,6 +5,7 @@ import time
 import dask
 import dask.array as da
 import numpy as np
+from dask.utils import key_split
 import pytest
 import zarr
 from distributed import Client, LocalCluster
@@ -113,6 +114,26 @@ def test_cache_keeps_chunks_on_workers_and_changes_nothing(client, mnist_test_st
     while any(client.has_what().values()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(client.has_what().values())
+
+
+@pytest.mark.parametrize("dtype, split_every, weighted", [("float32", 8, False), ("float64", 2, True),
+                                                         ("float32", 3, True)])
+def test_cached_blocks_give_the_bits_of_the_uncached_tree(client, mnist_test_store, dtype, split_every, weighted):
+    """The cache holds blocks of split_every chunks, one task each per iteration; centers, inertia and
+    history are bit for bit those of the uncached pass (a block is a first-level node of the tree)."""
+    from distributed import get_task_stream
+
+    weights = np.random.RandomState(0).rand(10_000) * 3 if weighted else None
+    fits, tasks = {}, {}
+    for cache in (False, True):
+        with get_task_stream(client) as stream:
+            fits[cache] = KMeans(10, random_state=3, max_iter=5, tol=0, dtype=dtype, cache=cache,
+                                 split_every=split_every).fit(mnist_test_store, sample_weight=weights)
+        tasks[cache] = sum(1 for t in stream.data if key_split(t["key"]) == "distkm-partial-stats")
+    assert tasks == {False: 5 * 10, True: 5 * -(-10 // split_every)}  # 10 chunks of 1,000 rows, 5 iterations
+    assert fits[True].cluster_centers_.tobytes() == fits[False].cluster_centers_.tobytes()
+    assert fits[True].inertia_ == fits[False].inertia_
+    assert [h["inertia"] for h in fits[True].history_] == [h["inertia"] for h in fits[False].history_]
 
 
 def test_numpy_in_numpy_out_dask_in_lazy_out(client, mnist_test):
