@@ -5,12 +5,18 @@ It ingests data/mnist.zarr if missing, then times the whole `distkm fit` command
 (process start, LocalCluster start, fit, labels and results written) and a
 scikit-learn fit of the same rows in memory, each in its own process, with the
 peak RSS summed over every process each one started.
+
+Then the small job: `distkm fit` on MNIST-10k (the test split), k=10, as a whole
+command (median of 3), with its evaluation and pictures and without them, and
+the Python start with the modules the command imports, timed alone.
 """
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from _measure import run_measured
@@ -56,6 +62,33 @@ def main():
         ours, ref = [r for r in rows if r[1] == dtype]
         print(f"{dtype}: per-iteration ratio distkm/sklearn = {ours[5] / ref[5]:.2f}, "
               f"peak RSS ratio = {ours[6] / ref[6]:.2f}")
+    small_job()
+
+
+IMPORTS = ("import distkm.cli, distkm.data, distkm.estimator, distkm.model, distkm.cluster, distkm.report, "
+           "distkm.evaluate, distkm.pictures")
+
+
+def small_job(repeats=3):
+    """Whole `distkm fit` commands on the 10,000 test rows (the brief's "small jobs stay quick")."""
+    def median_seconds(command):
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times), min(times)
+
+    print("\ndistkm fit on MNIST-10k (--split test --k 10 --seed 0), whole command, median (best) of", repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, flags in (("with evaluation and pictures", []), ("--no-evaluate --no-pictures",
+                                                                      ["--no-evaluate", "--no-pictures"])):
+            command = [DISTKM, "fit", str(STORE), "--split", "test", "--k", "10", "--seed", "0", "--quiet",
+                       "--overwrite", "--out", str(Path(tmp) / "small"), *flags]
+            median, best = median_seconds(command)
+            print(f"  {label:30s} {median:6.2f} s ({best:.2f})")
+    median, best = median_seconds([sys.executable, "-c", IMPORTS])
+    print(f"  {'of which Python + imports':30s} {median:6.2f} s ({best:.2f})")
 
 
 if __name__ == "__main__":
