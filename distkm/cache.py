@@ -60,11 +60,8 @@ def should_cache(nbytes, client, mode="auto"):
     return memory > 0 and nbytes <= AUTO_FRACTION * memory
 
 
-def cache_arrays(client, arrays, mode="auto", *, log=True):
+def cache_arrays(client, arrays, mode="auto"):
     """Persist dask arrays on the workers if they fit (see :func:`should_cache`).
-
-    ``log=False`` leaves the "cached" line to the caller (the estimator logs
-    it once the first pass has shown the data is usable).
 
     Returns
     -------
@@ -73,21 +70,16 @@ def cache_arrays(client, arrays, mode="auto", *, log=True):
     """
     arrays = list(arrays)
     nbytes = sum(a.nbytes for a in arrays if a is not None)
-    if not should_cache(nbytes, client, mode):
-        if mode == "auto":
-            logger.info("data (%s) not cached: more than %d%% of the workers' memory (%s); "
-                        "every pass reads the store", format_bytes(nbytes), AUTO_FRACTION * 100,
-                        format_bytes(cluster_memory(client)))
+    if not _cache_or_say_why(nbytes, client, mode):
         return arrays
     persisted = client.persist([a for a in arrays if a is not None])
     it = iter(persisted)
-    if log:
-        logger.info("data cached on the workers (%s)", format_bytes(nbytes))
+    logger.info("data cached on the workers (%s)", format_bytes(nbytes))
     return [None if a is None else next(it) for a in arrays]
 
 
 class CachedBlocks(NamedTuple):
-    """Rows persisted in blocks of consecutive row chunks.
+    """Rows (and their weights) persisted in blocks of consecutive row chunks.
 
     Attributes
     ----------
@@ -95,10 +87,13 @@ class CachedBlocks(NamedTuple):
         Persisted; block ``i`` holds the row chunks ``chunk_rows[i]``.
     chunk_rows : tuple of tuple of int
         Rows of every row chunk of every block, in order.
+    weights : dask.array.Array or None
+        The sample weights in the same blocks, persisted too.
     """
 
     blocks: object
     chunk_rows: tuple
+    weights: object = None
 
 
 def group_chunks(chunks, split_every):
@@ -107,8 +102,8 @@ def group_chunks(chunks, split_every):
     return tuple(chunks[i:i + split_every] for i in range(0, len(chunks), split_every))
 
 
-def cache_in_blocks(client, x, split_every, mode="auto"):
-    """Persist ``x`` in blocks of ``split_every`` row chunks if it fits (see :func:`should_cache`).
+def cache_in_blocks(client, x, split_every, mode="auto", *, weights=None):
+    """Persist ``x`` (and ``weights``) in blocks of ``split_every`` row chunks if it fits (see :func:`should_cache`).
 
     Returns
     -------
@@ -119,17 +114,24 @@ def cache_in_blocks(client, x, split_every, mode="auto"):
         ``None`` when not cached, or when ``x`` was already persisted (by
         ``distkm sweep``, say): it is used as it is, never held twice.
     """
-    if _persisted(x):
-        return x, None
-    if not should_cache(x.nbytes, client, mode):
-        if mode == "auto":
-            logger.info("data (%s) not cached: more than %d%% of the workers' memory (%s); "
-                        "every pass reads the store", format_bytes(x.nbytes), AUTO_FRACTION * 100,
-                        format_bytes(cluster_memory(client)))
+    if _persisted(x) or not _cache_or_say_why(x.nbytes, client, mode):
         return x, None
     groups = group_chunks(x.chunks[0], split_every)
-    blocks = client.persist(x.rechunk({0: tuple(sum(g) for g in groups)}))
-    return blocks.rechunk({0: x.chunks[0]}), CachedBlocks(blocks, groups)
+    rows = {0: tuple(sum(g) for g in groups)}
+    blocks = client.persist(x.rechunk(rows))
+    block_weights = None if weights is None else client.persist(weights.rechunk(rows))
+    return blocks.rechunk({0: x.chunks[0]}), CachedBlocks(blocks, groups, block_weights)
+
+
+def _cache_or_say_why(nbytes, client, mode):
+    """:func:`should_cache`, logging why not when ``mode`` left the choice to it."""
+    if should_cache(nbytes, client, mode):
+        return True
+    if mode == "auto":
+        logger.info("data (%s) not cached: more than %d%% of the workers' memory (%s); "
+                    "every pass reads the store", format_bytes(nbytes), AUTO_FRACTION * 100,
+                    format_bytes(cluster_memory(client)))
+    return False
 
 
 def _persisted(x):

@@ -193,7 +193,7 @@ default="k-means++"
         batch_chunks = self.batch_chunks or config.get("minibatch-chunks")
         random_state = check_random_state(self.random_state)
         data = x  # labels_ is built on the uncached array: it must not pin the cache in memory
-        x, cached = _cached(x, self.cache, split_every)
+        x, cached = _cached(x, self.cache, split_every, weights)
 
         summary = lloyd.summarize(x, weights, split_every=split_every)
         if summary.n_nonfinite:
@@ -376,7 +376,7 @@ def _check_sample_weight(sample_weight, x):
     return w
 
 
-def _cached(x, mode, split_every):
+def _cached(x, mode, split_every, weights=None):
     """``x`` persisted on the workers of the active distributed client, when ``mode`` asks for it.
 
     Returns ``(x, blocks)``: see :func:`distkm.cache.cache_in_blocks` (``blocks`` is ``None`` when not cached).
@@ -395,7 +395,7 @@ def _cached(x, mode, split_every):
         return x, None
     from .cache import cache_in_blocks
 
-    return cache_in_blocks(client, x, split_every, mode=mode)
+    return cache_in_blocks(client, x, split_every, mode=mode, weights=weights)
 
 
 def _report_iteration(record, *, run, n_clusters, verbose, checkpointed=False):

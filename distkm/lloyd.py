@@ -107,19 +107,23 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
         ``on_iteration(centers, history, converged)`` after every iteration
         (the checkpoint is written there).
     cached : distkm.cache.CachedBlocks, optional
-        ``x`` held in memory in blocks of ``split_every`` chunks: the
-        iterations then run one task per block (same results to the bit).
+        ``x`` and ``weights`` held in memory in blocks of ``split_every``
+        chunks: the iterations then run one task per block (same results to the bit).
 
     Returns
     -------
     LloydResult
     """
     centers = np.array(centers, dtype=np.float64)
-    data, chunk, per_chunk, data_weights = x, partial(kernels.partial_stats, block_rows=block_rows), None, weights
-    if cached is not None:
-        data, chunk = cached.blocks, partial(_blocks_partial_stats, block_rows=block_rows)
-        per_chunk = lambda i: {"chunk_rows": cached.chunk_rows[i]}  # noqa: E731
-        data_weights = None if weights is None else weights.rechunk({0: data.chunks[0]})
+    if cached is None:
+        data, data_weights, per_chunk = x, weights, None
+        chunk = partial(kernels.partial_stats, block_rows=block_rows)
+    else:
+        data, data_weights = cached.blocks, cached.weights
+        chunk = partial(_blocks_partial_stats, block_rows=block_rows)
+
+        def per_chunk(i):
+            return {"chunk_rows": cached.chunk_rows[i]}
     history = list(history or [])
     if converged or len(history) >= max_iter:
         return LloydResult(centers, len(history), converged, history)

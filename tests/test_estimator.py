@@ -5,9 +5,9 @@ import time
 import dask
 import dask.array as da
 import numpy as np
-from dask.utils import key_split
 import pytest
 import zarr
+from dask.utils import key_split
 from distributed import Client, LocalCluster
 from sklearn.cluster import KMeans as SKMeans
 
