@@ -19,20 +19,6 @@ DPI = 100
 MEMBERS_PER_PAGE = 16
 
 
-def image_shape_for(n_features, declared=None):
-    """Shape of one row as an image, or None when the rows are not images.
-
-    The store's declared ``image_shape`` wins when it matches; otherwise a
-    square grayscale image is assumed when ``n_features`` is a square (784 -> 28x28).
-    """
-    if declared and math.prod(declared) == n_features and len(declared) in (2, 3):
-        return tuple(int(v) for v in declared)
-    side = math.isqrt(n_features)
-    if side >= 4 and side * side == n_features:
-        return (side, side)
-    return None
-
-
 def _show(ax, row, image_shape):
     image = np.asarray(row).reshape(image_shape)
     if image.ndim == 3:  # colour: show as 8-bit RGB

@@ -11,6 +11,7 @@ to the run folder::
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -49,7 +50,6 @@ def report_run(run_dir, model, meta, store, *, evaluate=True, pictures=True, n_m
     """
     from . import config
     from .evaluate import evaluate_store
-    from .pictures import image_shape_for
 
     evaluation = None
     if evaluate:
@@ -60,6 +60,20 @@ def report_run(run_dir, model, meta, store, *, evaluate=True, pictures=True, n_m
     image_shape = image_shape_for(model.cluster_centers_.shape[1], store.attrs.get("image_shape"))
     write_run_report(run_dir, meta, model, evaluation, image_shape=image_shape, pictures=pictures)
     return evaluation
+
+
+def image_shape_for(n_features, declared=None):
+    """Shape of one row as an image, or None when the rows are not images.
+
+    The store's declared ``image_shape`` wins when it matches; otherwise a
+    square grayscale image is assumed when ``n_features`` is a square (784 -> 28x28).
+    """
+    if declared and math.prod(declared) == n_features and len(declared) in (2, 3):
+        return tuple(int(v) for v in declared)
+    side = math.isqrt(n_features)
+    if side >= 4 and side * side == n_features:
+        return (side, side)
+    return None
 
 
 def _mapping_split(meta, store):
