@@ -116,6 +116,24 @@ def test_cache_keeps_chunks_on_workers_and_changes_nothing(client, mnist_test_st
     assert not any(client.has_what().values())
 
 
+def test_out_of_core_chunks_are_read_inside_their_own_tasks(client, mnist_test_store, mnist_test):
+    """Out of core, each pass is one task per chunk that reads and computes (no read task apart), and
+    the result is the cached fit's to the bit."""
+    from collections import Counter
+
+    from distributed import get_task_stream
+
+    init = random_rows(mnist_test[0], 10)
+    with get_task_stream(client) as stream:
+        uncached = KMeans(10, init=init, max_iter=3, tol=0, cache=False).fit(mnist_test_store)
+    tasks = Counter(key_split(t["key"]) for t in stream.data)
+    # 10 chunks of 1,000 rows: the summary pass, 3 iterations, the final statistics
+    assert tasks["distkm-read"] == 0, tasks
+    assert (tasks["distkm-summary"], tasks["distkm-partial-stats"], tasks["distkm-final-stats"]) == (10, 30, 10)
+    cached = KMeans(10, init=init, max_iter=3, tol=0, cache=True).fit(mnist_test_store)
+    assert uncached.cluster_centers_.tobytes() == cached.cluster_centers_.tobytes()
+
+
 @pytest.mark.parametrize("dtype, split_every, weighted", [("float32", 8, False), ("float64", 2, True),
                                                          ("float32", 3, True)])
 def test_cached_blocks_give_the_bits_of_the_uncached_tree(client, mnist_test_store, dtype, split_every, weighted):
