@@ -73,12 +73,32 @@ def test_summary_merge_matches_numpy():
 
 
 def test_summary_of_a_chunk_larger_than_a_block_is_the_merge_of_its_blocks():
-    X = np.random.RandomState(3).randint(0, 256, size=(1000, 8)).astype(np.uint8)
+    X = np.random.RandomState(3).randint(0, 256, size=(1000, 8)).astype(np.float64)
     blocked = kernels.summarize_chunk(X, block_rows=128)
     whole = kernels.summarize_chunk(X, block_rows=4096)
     assert blocked.n == whole.n == 1000 and blocked.weighted_sq_norm == whole.weighted_sq_norm  # integers: exact
     np.testing.assert_allclose(blocked.mean, X.mean(0), rtol=1e-12)
     np.testing.assert_allclose(blocked.m2, whole.m2, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype, weighted", [(np.uint8, False), (np.uint8, True), (np.int8, True)])
+def test_summary_of_bytes_is_exact(dtype, weighted):
+    """Byte rows are summarised from exact integer sums: the sums of x and x**2 to the bit."""
+    info = np.iinfo(dtype)
+    X = np.random.RandomState(4).randint(info.min, info.max + 1, size=(3001, 784)).astype(dtype)
+    X[:, 0] = info.max  # a constant column of the largest value: m2 exactly 0
+    w = np.random.RandomState(5).rand(len(X)) if weighted else None
+    s = kernels.summarize_chunk(X, w)
+    exact = X.astype(np.int64)
+    sq_norms = (exact**2).sum(1)
+    assert s.n == len(X) and s.n_nonfinite == 0
+    np.testing.assert_array_equal(s.mean, exact.sum(0) / len(X))  # exact sums, rounded once
+    assert s.m2[0] == 0
+    np.testing.assert_allclose(s.m2 / len(X), X.astype(np.float64).var(0), rtol=1e-13)
+    if weighted:
+        assert s.weight_sum == w.sum() and s.weighted_sq_norm == pytest.approx(sq_norms @ w, rel=1e-15)
+    else:
+        assert s.weight_sum == len(X) and s.weighted_sq_norm == sq_norms.sum()
 
 
 def test_summary_counts_nonfinite_values():
