@@ -116,10 +116,11 @@ def cache_in_blocks(client, x, split_every, mode="auto", *, weights=None):
     """
     if _persisted(x) or not _cache_or_say_why(x.nbytes, client, mode):
         return x, None
+    from .graph import concatenate_chunks
+
     groups = group_chunks(x.chunks[0], split_every)
-    rows = {0: tuple(sum(g) for g in groups)}
-    blocks = client.persist(x.rechunk(rows))
-    block_weights = None if weights is None else client.persist(weights.rechunk(rows))
+    blocks = client.persist(concatenate_chunks(x, groups, "cache"))
+    block_weights = None if weights is None else client.persist(concatenate_chunks(weights, groups, "cache-weights"))
     return blocks.rechunk({0: x.chunks[0]}), CachedBlocks(blocks, groups, block_weights)
 
 

@@ -195,7 +195,7 @@ default="k-means++"
         data = x  # labels_ is built on the uncached array: it must not pin the cache in memory
         x, cached = _cached(x, self.cache, split_every, weights)
 
-        summary = lloyd.summarize(x, weights, split_every=split_every)
+        summary = lloyd.summarize(x, weights, split_every=split_every, cached=cached)
         if summary.n_nonfinite:
             raise ValueError(f"X contains {summary.n_nonfinite} NaN or infinite value(s); k-means needs finite data")
         if cached is not None:
@@ -244,7 +244,7 @@ default="k-means++"
                                      callback=progress, history=history, converged=done, on_iteration=on_iteration,
                                      cached=cached)
             final = lloyd.final_stats(x, result.centers, dtype, weights=weights, split_every=split_every,
-                                      block_rows=block_rows)
+                                      block_rows=block_rows, cached=cached)
             if self.verbose:
                 state = "converged" if result.converged else "stopped at max_iter"
                 print(f"{state} after {result.n_iter} iterations, inertia {final.inertia:.6g}")

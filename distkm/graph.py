@@ -24,6 +24,7 @@ import uuid
 from functools import partial
 from operator import getitem
 
+import dask.array as da
 import numpy as np
 from dask.core import flatten, istask
 from dask.delayed import Delayed
@@ -126,8 +127,8 @@ def _map_layer(x, chunk, name, constants, weights, per_chunk, extra=None):
             layer[key] = value
             const_keys.append(key)
     w_keys = list(flatten(weights.__dask_keys__())) if weights is not None else [None] * len(x_keys)
-    x_tasks = _inlined(x, x_keys)
-    w_tasks = _inlined(weights, w_keys) if weights is not None else w_keys
+    x_tasks = chunk_tasks(x, x_keys)
+    w_tasks = chunk_tasks(weights, w_keys) if weights is not None else w_keys
     chunk_name = f"distkm-{name}-{token}"
     keys = []
     for i, (xt, wt) in enumerate(zip(x_tasks, w_tasks)):
@@ -138,7 +139,7 @@ def _map_layer(x, chunk, name, constants, weights, per_chunk, extra=None):
     return layer, keys, token
 
 
-def _inlined(x, keys):
+def chunk_tasks(x, keys):
     """The tasks that make ``x``'s chunks, to run inside the chunk tasks of a pass (keys where none).
 
     Each chunk of ``x`` feeds exactly one task of a pass, so its own task (a
@@ -150,6 +151,38 @@ def _inlined(x, keys):
     """
     graph = x.__dask_graph__()
     return [graph[key] if istask(graph[key]) else key for key in keys]
+
+
+def concatenate_chunks(x, groups, name):
+    """``x`` in blocks of consecutive row chunks, each block one task that makes its chunks inside it.
+
+    Parameters
+    ----------
+    x : dask.array.Array
+        1-D, or 2-D chunked by rows only.
+    groups : tuple of tuple of int
+        Rows of the chunks of each block, in order (they must add up to ``x.chunks[0]``).
+    name : str
+        Task name prefix shown on the dashboard (``distkm-<name>``).
+
+    Returns
+    -------
+    dask.array.Array
+        Chunked by blocks. Unlike ``x.rechunk``, no chunk is a task of its own,
+        waits in memory or travels to the worker assembling its block.
+    """
+    keys = list(flatten(x.__dask_keys__()))
+    tasks = chunk_tasks(x, keys)
+    out = f"distkm-{name}-{uuid.uuid4().hex}"
+    layer, start = {}, 0
+    for i, group in enumerate(groups):
+        parts = tasks[start:start + len(group)]
+        index = (out, i) if x.ndim == 1 else (out, i, 0)
+        layer[index] = (np.asarray, parts[0]) if len(parts) == 1 else (np.concatenate, list(parts))
+        start += len(group)
+    graph = HighLevelGraph.from_collections(out, layer, dependencies=[x])
+    chunks = (tuple(sum(g) for g in groups), *x.chunks[1:])
+    return da.Array(graph, out, chunks=chunks, meta=x._meta)
 
 
 def _tree_layer(layer, level, combine, name, token, split_every):

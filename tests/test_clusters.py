@@ -26,8 +26,8 @@ from distkm.cluster_config import kubernetes_cluster_spec, load_cluster_config, 
 from .services import dask_processes, make_certificates, slurm
 
 ROOT = Path(__file__).resolve().parents[1]
-# No distkm-partial-stats-combine: the fit caches its 8 training chunks as one block, one task an iteration.
-PREFIXES = {"distkm-read", "distkm-summary", "distkm-partial-stats",
+# No distkm-partial-stats-combine: the fit caches its 8 training chunks as one block (distkm-cache), one task a pass.
+PREFIXES = {"distkm-read", "distkm-cache", "distkm-summary", "distkm-partial-stats",
             "distkm-final-stats", "distkm-labels", "distkm-evaluation", "distkm-evaluation-combine"}
 
 
