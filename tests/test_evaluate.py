@@ -135,6 +135,19 @@ def test_silhouette_is_sklearns_on_the_seeded_sample(model_and_eval, mnist_test)
     assert part.silhouette == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype, rel", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_silhouette_kernel_is_sklearns_with_singletons_gaps_and_duplicates(dtype, rel):
+    from distkm.evaluation_kernels import silhouette_score
+
+    rng = np.random.RandomState(7)
+    X = np.concatenate([rng.normal(c, 1.0, size=(60, 5)) for c in (0.0, 4.0, 9.0)])
+    X[10] = X[11]  # duplicate rows
+    labels = np.repeat([0, 2, 5], 60)  # label values with gaps
+    labels[-1] = 7  # a cluster of one: its coefficient is 0
+    expected = metrics.silhouette_score(X, labels)
+    assert silhouette_score(X.astype(dtype), labels, block_rows=50) == pytest.approx(expected, rel=rel)
+
+
 def test_nearest_members_are_the_nearest_by_brute_force(model_and_eval, mnist_test):
     x, _ = mnist_test
     model, evaluation = model_and_eval
