@@ -116,9 +116,9 @@ def _map_layer(x, chunk, name, constants, weights, per_chunk, extra=None):
     # keys, or the scheduler may forget the first result while the second asks for it.
     token = uuid.uuid4().hex
     layer = {}
-    x_keys = list(flatten(x.__dask_keys__()))
+    x_tasks = chunk_tasks(x)
     arrays = all(isinstance(value, np.ndarray) for value in constants)  # (a tuple could read as a task)
-    if arrays and len(x_keys) * sum(value.nbytes for value in constants) <= EMBED_BYTES:
+    if arrays and len(x_tasks) * sum(value.nbytes for value in constants) <= EMBED_BYTES:
         const_keys = list(constants)
     else:
         const_keys = []
@@ -126,9 +126,7 @@ def _map_layer(x, chunk, name, constants, weights, per_chunk, extra=None):
             key = (f"distkm-{name}-args-{token}", j)
             layer[key] = value
             const_keys.append(key)
-    w_keys = list(flatten(weights.__dask_keys__())) if weights is not None else [None] * len(x_keys)
-    x_tasks = chunk_tasks(x, x_keys)
-    w_tasks = chunk_tasks(weights, w_keys) if weights is not None else w_keys
+    w_tasks = chunk_tasks(weights) if weights is not None else [None] * len(x_tasks)
     chunk_name = f"distkm-{name}-{token}"
     keys = []
     for i, (xt, wt) in enumerate(zip(x_tasks, w_tasks)):
@@ -139,8 +137,8 @@ def _map_layer(x, chunk, name, constants, weights, per_chunk, extra=None):
     return layer, keys, token
 
 
-def chunk_tasks(x, keys):
-    """The tasks that make ``x``'s chunks, to run inside the chunk tasks of a pass (keys where none).
+def chunk_tasks(x):
+    """The tasks that make ``x``'s chunks, in order, to run inside the chunk tasks of a pass (keys where none).
 
     Each chunk of ``x`` feeds exactly one task of a pass, so its own task (a
     zarr read, a slice of a cached block) can run there instead of on its own:
@@ -150,7 +148,11 @@ def chunk_tasks(x, keys):
     depend on the constants. Chunks already in memory (persisted) stay keys.
     """
     graph = x.__dask_graph__()
-    return [graph[key] if istask(graph[key]) else key for key in keys]
+    tasks = []
+    for key in flatten(x.__dask_keys__()):
+        task = graph[key]
+        tasks.append(task if istask(task) else key)
+    return tasks
 
 
 def concatenate_chunks(x, groups, name):
@@ -171,8 +173,7 @@ def concatenate_chunks(x, groups, name):
         Chunked by blocks. Unlike ``x.rechunk``, no chunk is a task of its own,
         waits in memory or travels to the worker assembling its block.
     """
-    keys = list(flatten(x.__dask_keys__()))
-    tasks = chunk_tasks(x, keys)
+    tasks = chunk_tasks(x)
     out = f"distkm-{name}-{uuid.uuid4().hex}"
     layer, start = {}, 0
     for i, group in enumerate(groups):
