@@ -8,7 +8,8 @@ Stores are built if missing: ``data/mnist.zarr`` from the shipped IDX files, ``d
 with ``distkm augment``. For each store, on a LocalCluster of 2 workers x 1 thread (distkm's
 worker settings), from the same initial centers (k seeded random rows):
 
-* read: a pass that only reads and decodes every chunk (the floor for an out-of-core iteration);
+* read: a pass that only reads and decodes every chunk (the floor for an out-of-core iteration), as
+  distkm reads (:mod:`distkm.zarr_chunks`), and as ``dask.array.from_zarr`` reads (zarr's event loop);
 * distkm out-of-core (``cache=False``: the store is re-read every iteration) and cached (``cache=True``;
   skipped when the chunks exceed the share of the workers' memory that ``cache="auto"`` allows);
 * dask-ml ``KMeans`` on the same store (as float32), its per-iteration times from its own log;
@@ -136,6 +137,14 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
                 read_pass(x)
                 read.append(time.perf_counter() - t)
         times["read"] = statistics.median(read)
+        # The same pass through zarr's own read path (its event loop), as dask.array.from_zarr reads.
+        read = []
+        with rss.measure(peaks, "read via zarr's event loop"):
+            for _ in range(3):
+                t = time.perf_counter()
+                read_pass(da.from_zarr(images))
+                read.append(time.perf_counter() - t)
+        times["read via zarr's event loop"] = statistics.median(read)
 
         for label, cache in (("distkm out-of-core", False), ("distkm cached", True)):
             if cache and not should_cache(x.nbytes, client):  # e.g. aug32m: 25 GB of chunks

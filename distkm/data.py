@@ -28,6 +28,7 @@ from zarr.codecs import BloscCodec
 
 from . import config
 from .outputs import atomic_output
+from .zarr_chunks import read_whole_chunk
 
 STORE_FORMAT_VERSION = 1
 
@@ -367,7 +368,8 @@ def _read_lazily(z, where):
 
 def _read_chunk(array, index, asarray=True, lock=None, *, where):
     try:
-        return np.asarray(array[index])
+        values = read_whole_chunk(array, index)  # zarr's values without zarr's event loop (~2x faster)
+        return np.asarray(array[index]) if values is None else values
     except Exception as e:
         rows = index[0] if isinstance(index, tuple) else index
         chunk = rows.start // array.chunks[0]
