@@ -110,8 +110,10 @@ def kmeans_parallel_round(X, state, new_candidates, half_sq_norms, weights=None,
         state = NearestCandidate(np.empty(m), np.full(m, np.inf), np.zeros(m, dtype=np.int32))
     sq_norms, sq_distances, nearest = state.sq_norms, state.sq_distances.copy(), state.nearest.copy()
     dtype = new_candidates.dtype
+    block = np.empty((max(1, min(block_rows, m)), X.shape[1]), dtype=dtype)  # reused, as in partial_stats
     for rows in _blocks(m, block_rows):
-        Xb = X[rows].astype(dtype, copy=False)
+        Xb = block[:rows.stop - rows.start]
+        np.copyto(Xb, X[rows], casting="unsafe")
         labels, best = _assign_block(Xb, new_candidates, half_sq_norms)
         # ||x - c||^2 = ||x||^2 + 2 min(0.5||c||^2 - x.c); the rounding of the expansion only nudges
         # the draw probabilities (negative values, for a row that is a candidate, become 0).
