@@ -7,6 +7,7 @@ started here and closed when the ``with`` block ends; a running scheduler is onl
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import contextmanager
 
 import dask.config
@@ -67,7 +68,7 @@ def dask_client(scheduler=None, *, cluster_config=None, timeout=None, n_workers=
         environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
                    **settings.get("worker-environ", {})}
         processes = _use_processes(settings, data_nbytes)
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), _environ_restored(environ):
             cluster = _local_cluster(settings, n_workers, threads_per_worker, memory_limit, processes=processes)
         n_expected = 0  # a LocalCluster returns with its workers up
         link = {} if processes else _dashboard_link_config(settings)
@@ -129,6 +130,28 @@ def _wait_for_workers(client, n, kind, section):
         hint = {"slurm": "check `squeue` and the job logs (slurm.log-directory)",
                 "kubernetes": "check `kubectl get pods`"}.get(kind, "")
         raise TimeoutError(f"only {have} of {n} {kind} worker(s) started within {timeout:g} s; {hint}") from None
+
+
+@contextmanager
+def _environ_restored(names):
+    """Give this process's environment back its values of ``names`` when the block ends.
+
+    distributed's nanny sets its pre-spawn variables in the parent's own
+    ``os.environ`` before spawning a worker and leaves them there; as it also
+    lets variables already in ``os.environ`` win over its config, a second
+    LocalCluster in the same process would get the first one's worker
+    environment whatever distkm's config says, and every later subprocess
+    would inherit it. Variables the user set before are kept, and still win.
+    """
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _use_processes(settings, data_nbytes):

@@ -82,6 +82,23 @@ def test_local_cluster_runs_small_data_on_threads(nbytes, processes):
         assert (client.submit(os.getpid, pure=False).result() != os.getpid()) == processes
 
 
+def test_each_local_cluster_gets_its_own_worker_environment(monkeypatch):
+    """distributed leaves a nanny's pre-spawn variables in the parent, where they would beat the next
+    cluster's config: each cluster's worker processes must see its own, and the parent none of them."""
+    from distkm.cluster import dask_client
+
+    monkeypatch.delenv("DISTKM_TEST_VAR", raising=False)
+    monkeypatch.setenv("DISTKM_USER_VAR", "from the shell")  # set before: it still wins, and stays
+    for value in ("first", "second"):
+        environ = {"DISTKM_TEST_VAR": value, "DISTKM_USER_VAR": "from the config"}
+        with dask.config.set({"distkm.local-cluster.dashboard-address": "127.0.0.1:0",
+                              "distkm.local-cluster.worker-environ": environ}), \
+                dask_client(n_workers=1, data_nbytes=None) as client:
+            seen = client.run(lambda: (os.environ.get("DISTKM_TEST_VAR"), os.environ.get("DISTKM_USER_VAR")))
+            assert list(seen.values()) == [(value, "from the shell")]
+        assert "DISTKM_TEST_VAR" not in os.environ and os.environ["DISTKM_USER_VAR"] == "from the shell"
+
+
 def test_predict_assigns_new_data_out_of_core(fitted_run, mnist_store, tmp_path):
     out, _ = fitted_run
     target = tmp_path / "labels.zarr"
