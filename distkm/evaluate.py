@@ -245,5 +245,4 @@ def _silhouette(sample, centers, dtype):
     if not 2 <= np.unique(labels).shape[0] <= used - 1:
         return None, used
     # In the compute dtype (float32: within ~1e-7 of float64 on MNIST samples, twice as fast).
-    score = silhouette_score(rows.astype(dtype), labels)
-    return score, used
+    return silhouette_score(rows.astype(dtype), labels), used

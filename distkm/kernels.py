@@ -328,11 +328,12 @@ class FinalStats(NamedTuple):
     sizes: np.ndarray
 
 
-def nearest_centers(X, centers, half_sq_norms, *, block_rows=2048):
+def nearest_centers(X, centers, half_sq_norms, *, block_rows=2048, sum_dtype=np.float64):
     """Index of the nearest center of every row, and the exact squared distance to it.
 
-    The distance is ``||x - c||^2`` summed from the differences in float64,
-    not the GEMM expansion the assignment uses, so it has no cancellation error.
+    The distance is ``||x - c||^2`` summed from the differences (in
+    ``sum_dtype``), not the GEMM expansion the assignment uses, so it has no
+    cancellation error.
 
     Returns
     -------
@@ -351,7 +352,7 @@ def nearest_centers(X, centers, half_sq_norms, *, block_rows=2048):
         labels[rows] = lb = _assign_block(Xb, centers, half_sq_norms)[0]
         diff = centers[lb]
         np.subtract(Xb, diff, out=diff)
-        sq_distances[rows] = np.einsum("ij,ij->i", diff, diff, dtype=np.float64)
+        sq_distances[rows] = np.einsum("ij,ij->i", diff, diff, dtype=sum_dtype)
     return labels, sq_distances
 
 
@@ -397,11 +398,8 @@ def farthest_points(X, centers, half_sq_norms, weights=None, *, n_points, row_of
     ``_relocate_empty_clusters_dense``, which looks at the distance of every
     point to the center it was assigned to in this iteration.
     """
-    labels = assign_labels(X, centers, half_sq_norms, block_rows=block_rows)
-    dist = np.empty(X.shape[0], dtype=np.float64)
-    for rows in _blocks(X.shape[0], block_rows):
-        diff = X[rows].astype(centers.dtype, copy=False) - centers[labels[rows]]
-        dist[rows] = np.einsum("ij,ij->i", diff, diff)
+    # Distances summed in the compute dtype, as scikit-learn's relocation ranks them.
+    labels, dist = nearest_centers(X, centers, half_sq_norms, block_rows=block_rows, sum_dtype=centers.dtype)
     index = np.arange(row_offset, row_offset + X.shape[0], dtype=np.int64)
     top = _farthest_first(dist, index)[:n_points]
     w = np.ones(top.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)[top]
