@@ -96,18 +96,32 @@ def map_reduce_with_state(x, chunk, combine, *, name, state=None, constants=(), 
         ``combine`` over the partials.
     """
     extra = [None] * x.numblocks[0] if state is None else [s.key for s in state]
-    layer, chunk_keys, token = _map_layer(x, chunk, name, constants, weights, per_chunk, extra)
-    state_name, partial_name = f"distkm-{name}-state-{token}", f"distkm-{name}-partial-{token}"
-    state_keys, partial_keys = [], []
-    for i, key in enumerate(chunk_keys):
-        layer[(state_name, i)] = (getitem, key, 0)
-        layer[(partial_name, i)] = (getitem, key, 1)
-        state_keys.append((state_name, i))
-        partial_keys.append((partial_name, i))
-    final = _tree_layer(layer, partial_keys, combine, name, token, split_every)
+    layer, chunk_keys, token = _map_layer(x, partial(_carry_state, chunk), name, constants, weights, per_chunk, extra)
+    # A chunk task's output (state, partial) is both the chunk's state and a leaf of the tree: no
+    # getitem task per chunk to split it (a third of the tasks of a pass, measured ~2 ms each).
+    if len(chunk_keys) == 1:
+        final = f"distkm-{name}-{token}"
+        layer[final] = (getitem, chunk_keys[0], 1)
+    else:
+        final = _tree_layer(layer, chunk_keys, partial(_combine_outputs, combine), name, token, split_every)
     deps = [x] + ([] if weights is None else [weights]) + list(state or [])
     graph = HighLevelGraph.from_collections(final, layer, dependencies=deps)
-    return [Delayed(key, graph, layer=final) for key in state_keys], Delayed(final, graph)
+    return [Delayed(key, graph, layer=final) for key in chunk_keys], Delayed(final, graph)
+
+
+class _ChunkOutput(tuple):
+    """``(state, partial)`` from a chunk task: the first level of the tree takes the partial out."""
+
+    __slots__ = ()
+
+
+def _carry_state(chunk, X, previous, *args, **kwargs):
+    """``chunk`` on the state that the previous pass's output carries (``None`` in the first pass)."""
+    return _ChunkOutput(chunk(X, None if previous is None else previous[0], *args, **kwargs))
+
+
+def _combine_outputs(combine, *parts):
+    return combine(*(part[1] if isinstance(part, _ChunkOutput) else part for part in parts))
 
 
 def _map_layer(x, chunk, name, constants, weights, per_chunk, extra=None):

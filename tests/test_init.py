@@ -53,4 +53,5 @@ def test_kmeans_parallel_is_reproducible_on_any_scheduler(client, mnist_test_sto
     on_cluster = init_centers(x, 10, "k-means||", np.random.RandomState(7))
     with dask.config.set(scheduler="sync"):
         local = init_centers(x.rechunk((1000, 784)), 10, "k-means||", np.random.RandomState(7))
-    assert on_cluster.tobytes() == local.tobytes()
+    one_chunk = init_centers(x.rechunk((x.shape[0], 784)), 10, "k-means||", np.random.RandomState(7))
+    assert on_cluster.tobytes() == local.tobytes() == one_chunk.tobytes()
