@@ -102,7 +102,8 @@ def _start_cluster(kind, section):
         from dask_jobqueue import SLURMCluster
 
         kwargs = cc.slurm_cluster_kwargs(section)
-        cluster = SLURMCluster(silence_logs=logging.ERROR, **kwargs)
+        with _scheduler_settings(section):  # the scheduler runs in this process
+            cluster = SLURMCluster(silence_logs=logging.ERROR, **kwargs)
         jobs = section.get("jobs", 1)
         logger.info("submitting %d SLURM job(s) for workers:\n%s", jobs, cluster.job_script())
         cluster.scale(jobs=jobs)
@@ -176,21 +177,30 @@ def _dashboard_link_config(settings):
     return {"distributed.dashboard.link": template.replace("{host}", host)} if host else {}
 
 
+def _scheduler_settings(section):
+    """dask config for a scheduler started in this process: ``worker-saturation`` from the section, else distkm's."""
+    saturation = section.get("worker-saturation", config.get("local-cluster.worker-saturation", None))
+    if saturation is None:
+        return dask.config.set({})
+    return dask.config.set({"distributed.scheduler.worker-saturation": saturation})  # read as the scheduler starts
+
+
 def _local_cluster(settings, n_workers, threads_per_worker, memory_limit, *, processes=True):
     threads = threads_per_worker or settings.get("threads-per-worker", 1)
     n_workers = n_workers or settings.get("n-workers")
     if n_workers is None and not processes:  # LocalCluster would start one worker: keep one per core
         n_workers = max(1, CPU_COUNT // threads)
-    return LocalCluster(
-        processes=processes,
-        n_workers=n_workers,
-        threads_per_worker=threads,
-        memory_limit=memory_limit or settings.get("memory-limit", "auto"),
-        dashboard_address=settings.get("dashboard-address", "127.0.0.1:8787"),
-        # Worker processes listen on the loopback only; threads talk in-process (inproc://), no socket.
-        host="127.0.0.1" if processes else None,
-        silence_logs=logging.ERROR,
-    )
+    with _scheduler_settings(settings):
+        return LocalCluster(
+            processes=processes,
+            n_workers=n_workers,
+            threads_per_worker=threads,
+            memory_limit=memory_limit or settings.get("memory-limit", "auto"),
+            dashboard_address=settings.get("dashboard-address", "127.0.0.1:8787"),
+            # Worker processes listen on the loopback only; threads talk in-process (inproc://), no socket.
+            host="127.0.0.1" if processes else None,
+            silence_logs=logging.ERROR,
+        )
 
 
 @contextmanager

@@ -32,7 +32,8 @@ import yaml
 #: type -> {field: (required?, python type(s) or None for any)}
 FIELDS = {
     "local": {"n-workers": (False, int), "threads-per-worker": (False, int), "memory-limit": (False, (str, int)),
-              "dashboard-address": (False, str), "worker-environ": (False, dict)},
+              "dashboard-address": (False, str), "worker-environ": (False, dict),
+              "worker-saturation": (False, (int, float, str))},
     "address": {"scheduler": (True, str), "timeout": (False, (str, int, float))},
     "tls": {"scheduler": (True, str), "ca-file": (True, str), "cert": (True, str), "key": (True, str),
             "timeout": (False, (str, int, float))},
@@ -45,7 +46,8 @@ FIELDS = {
               "interface": (False, str), "local-directory": (False, str), "log-directory": (False, str),
               "job-extra-directives": (False, list), "job-script-prologue": (False, list),
               "worker-environ": (False, dict), "death-timeout": (False, (str, int)),
-              "wait-timeout": (False, (str, int, float)), "dashboard-address": (False, str)},
+              "wait-timeout": (False, (str, int, float)), "dashboard-address": (False, str),
+              "worker-saturation": (False, (int, float, str))},
     "kubernetes": {"name": (True, str), "image": (False, str), "n-workers": (False, int),
                    "namespace": (False, str), "resources": (False, dict), "worker-environ": (False, dict),
                    "wait-timeout": (False, (str, int, float))},

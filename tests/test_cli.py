@@ -1,6 +1,7 @@
 """The `distkm` command end to end: real subprocesses, real stores, real LocalClusters."""
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -80,6 +81,21 @@ def test_local_cluster_runs_small_data_on_threads(nbytes, processes):
         assert {w.split("://")[0] for w in workers} == ({"tcp"} if processes else {"inproc"})
         assert client.dashboard_link.startswith("http://127.0.0.1:")  # where it listens, also for threads
         assert (client.submit(os.getpid, pure=False).result() != os.getpid()) == processes
+
+
+def test_local_cluster_sends_whole_passes_to_the_workers(tmp_path):
+    """distkm's LocalCluster does not queue root tasks (distkm.local-cluster.worker-saturation), unless told to."""
+    from distkm.cluster import dask_client
+
+    config = tmp_path / "local.yaml"
+    config.write_text("type: local\nlocal:\n  dashboard-address: 127.0.0.1:0\n  worker-saturation: 2\n")
+    for setting, cluster_config, expected in ((None, None, math.inf), (1.1, None, 1.1), (None, config, 2)):
+        overrides = {"distkm.local-cluster.dashboard-address": "127.0.0.1:0"}
+        if setting is not None:
+            overrides["distkm.local-cluster.worker-saturation"] = setting
+        with dask.config.set(overrides), dask_client(n_workers=1, data_nbytes=0, cluster_config=cluster_config) as c:
+            assert c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION) == expected
+    assert dask.config.get("distributed.scheduler.worker-saturation") == 1.1  # dask's own default, untouched
 
 
 def test_each_local_cluster_gets_its_own_worker_environment(monkeypatch):
