@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import dask.config
 from dask.system import CPU_COUNT
@@ -179,9 +179,9 @@ def _dashboard_link_config(settings):
 
 def _scheduler_settings(section):
     """dask config for a scheduler started in this process: ``worker-saturation`` from the section, else distkm's."""
-    saturation = section.get("worker-saturation", config.get("local-cluster.worker-saturation", None))
+    saturation = section.get("worker-saturation", config.get("local-cluster.worker-saturation"))
     if saturation is None:
-        return dask.config.set({})
+        return nullcontext()
     return dask.config.set({"distributed.scheduler.worker-saturation": saturation})  # read as the scheduler starts
 
 

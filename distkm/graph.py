@@ -91,7 +91,8 @@ def map_reduce_with_state(x, chunk, combine, *, name, state=None, constants=(), 
     Returns
     -------
     states : list of dask.delayed.Delayed
-        The new state of every chunk.
+        Every chunk task's output, which carries its new state: pass them
+        (persisted) as the next pass's ``state``; the next chunk task takes the state out.
     result : dask.delayed.Delayed
         ``combine`` over the partials.
     """
