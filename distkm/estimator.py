@@ -208,7 +208,7 @@ default="k-means++"
             fingerprint = self._fingerprint(x, summary, init, n_init, sample_size, split_every, block_rows, weights)
             resumed = checkpoint.load(fingerprint)
             if self.verbose:
-                print(f"Checkpointing every iteration to {self.checkpoint}" if resumed is None else
+                print(f"Checkpointing after every iteration (or batch) to {self.checkpoint}" if resumed is None else
                       f"Resuming from {self.checkpoint}: initialization {resumed.run + 1}/{n_init}, "
                       f"iteration {len(resumed.history)}")
         best = resumed.best if resumed is not None else None

@@ -5,6 +5,8 @@ reads it, turns the current centers into partial per-cluster sums, weights
 and a score (:func:`distkm.kernels.partial_stats`); a fixed tree adds the
 partials up (:func:`distkm.graph.map_reduce`); the client divides, relocates
 empty clusters and checks convergence. Only the k x d partials ever travel.
+When a pass is a single task anyway (small data), that task runs a batch of
+iterations itself (``distkm.iteration-batch-seconds``), with the same steps.
 
 The stopping rule is scikit-learn's: stop when the squared center shift
 ``sum((c_new - c_old)**2) <= tol``, with ``tol`` scaled by the mean feature
@@ -23,7 +25,7 @@ import dask
 import dask.array as da
 import numpy as np
 
-from . import kernels
+from . import config, kernels
 from .graph import compute, map_reduce, row_offsets
 
 logger = logging.getLogger("distkm")
@@ -147,42 +149,100 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     Returns
     -------
     LloydResult
+
+    Notes
+    -----
+    When a pass is one task (one chunk, or one cached block), iterations run
+    in batches inside that task (``distkm.iteration-batch-seconds``); then
+    ``callback`` and ``on_iteration`` follow batch by batch, and a record's
+    ``seconds`` is its batch's time shared by its iterations.
     """
     centers = np.array(centers, dtype=np.float64)
-    data, data_weights, chunk, per_chunk = _over(x, weights, partial(kernels.partial_stats, block_rows=block_rows),
-                                                 kernels.merge_partial_stats, cached)
+    pass_stats = partial(kernels.partial_stats, block_rows=block_rows)
+    data, data_weights, chunk, per_chunk = _over(x, weights, pass_stats, kernels.merge_partial_stats, cached)
     history = list(history or [])
     if converged or len(history) >= max_iter:
         return LloydResult(centers, len(history), converged, history)
-    for iteration in range(len(history) + 1, max_iter + 1):
+    batch_seconds = config.get("iteration-batch-seconds", 0.0) if data.numblocks[0] == 1 else 0.0
+    while len(history) < max_iter and not converged:
         started = time.perf_counter()
-        c, half = prepare_centers(centers, dtype)
-        job = map_reduce(data, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
-                         weights=data_weights, split_every=split_every, per_chunk=per_chunk)
-        stats = compute(job)[0]
-        sums, cluster_weights = stats.sums, stats.weights
-        inertia = summary.weighted_sq_norm + 2.0 * stats.score
-        relocated = []
-        n_empty = int(np.count_nonzero(cluster_weights == 0))
-        if n_empty:
-            far = farthest_points(x, c, half, n_empty, weights=weights, split_every=split_every, block_rows=block_rows)
-            relocated = kernels.relocate_empty_clusters(sums, cluster_weights, far).tolist()
-            logger.info("iteration %d: %d empty cluster(s) %s moved to the farthest points",
-                        iteration, n_empty, relocated)
-        new_centers = kernels.update_centers(sums, cluster_weights, centers)
-        shift = float(((new_centers - centers) ** 2).sum())
-        centers = new_centers
-        record = {"iteration": iteration, "inertia": float(inertia), "center_shift": shift, "relocated": relocated,
-                  "seconds": time.perf_counter() - started}
-        history.append(record)
-        converged = shift <= tol
+        records = []
+        if batch_seconds > 0:  # none back when its first iteration found an empty cluster: the client relocates
+            batch = partial(_iterations_in_task, pass_stats=chunk, dtype=dtype, tol=tol, seconds=batch_seconds,
+                            weighted_sq_norm=summary.weighted_sq_norm, max_iter=max_iter - len(history))
+            job = map_reduce(data, batch, None, name="partial-stats", constants=(centers,), weights=data_weights,
+                             per_chunk=per_chunk)
+            batch_centers, records = compute(job)[0]
+            centers = batch_centers if records else centers
+        if not records:
+            c, half = prepare_centers(centers, dtype)
+            job = map_reduce(data, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
+                             weights=data_weights, split_every=split_every, per_chunk=per_chunk)
+            stats = compute(job)[0]
+            n_empty = int(np.count_nonzero(stats.weights == 0))
+            far = farthest_points(x, c, half, n_empty, weights=weights, split_every=split_every,
+                                  block_rows=block_rows) if n_empty else None
+            centers, record = _step(centers, stats, summary.weighted_sq_norm, far)
+            if n_empty:
+                logger.info("iteration %d: %d empty cluster(s) %s moved to the farthest points",
+                            len(history) + 1, n_empty, record["relocated"])
+            records = [record]
+        seconds = (time.perf_counter() - started) / len(records)  # a batch's round trip shared by its iterations
+        for record in records:
+            record.update(iteration=len(history) + 1, seconds=seconds)
+            history.append(record)
+        converged = history[-1]["center_shift"] <= tol
         if on_iteration is not None:
-            on_iteration(centers, history, converged or iteration == max_iter)
+            on_iteration(centers, history, converged or len(history) == max_iter)
         if callback is not None:
-            callback(record)
-        if converged:
+            for record in records:
+                callback(record)
+    return LloydResult(centers, len(history), converged, history)
+
+
+def _step(centers, stats, weighted_sq_norm, far=None):
+    """The next centers from a pass's :class:`~distkm.kernels.PartialStats`, and the iteration's record.
+
+    ``far`` (:func:`farthest_points`) gives the points that empty clusters
+    move to; without it, empty clusters keep their centers.
+    """
+    relocated = []
+    if far is not None:
+        relocated = kernels.relocate_empty_clusters(stats.sums, stats.weights, far).tolist()
+    new_centers = kernels.update_centers(stats.sums, stats.weights, centers)
+    record = {"iteration": None, "inertia": float(weighted_sq_norm + 2.0 * stats.score),
+              "center_shift": float(((new_centers - centers) ** 2).sum()), "relocated": relocated, "seconds": None}
+    return new_centers, record
+
+
+def _iterations_in_task(X, centers, weights, *, pass_stats, dtype, weighted_sq_norm, tol, max_iter, seconds,
+                        **pass_kwargs):
+    """Lloyd iterations inside one task, for data that a pass reads in one task anyway.
+
+    They run as the client would run them (same kernel, same :func:`_step`,
+    hence the same centers to the bit) for up to ``seconds``, then report:
+    a round trip per batch instead of one per iteration, which is most of a
+    small job's iteration. An iteration that finds an empty cluster is left
+    to the client, which needs a pass to relocate it.
+
+    Returns
+    -------
+    centers : ndarray of shape (k, d)
+    records : list of dict
+        One per iteration run (``iteration`` and ``seconds`` left to the client).
+    """
+    records = []
+    deadline = time.perf_counter() + seconds
+    while len(records) < max_iter:
+        c, half = prepare_centers(centers, dtype)
+        stats = pass_stats(X, c, half, weights, **pass_kwargs)
+        if not stats.weights.all():
             break
-    return LloydResult(centers, iteration, converged, history)
+        centers, record = _step(centers, stats, weighted_sq_norm)
+        records.append(record)
+        if record["center_shift"] <= tol or time.perf_counter() >= deadline:
+            break
+    return centers, records
 
 
 def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_every=8, block_rows=2048):

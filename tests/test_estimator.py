@@ -71,13 +71,17 @@ def test_empty_cluster_is_relocated_as_sklearn_does(client):
     X = np.concatenate([rng.normal(0, 1, (300, 2)), rng.normal(10, 1, (300, 2))])
     # The third center is far from every point: its cluster is empty after the first assignment.
     init = np.array([[0.0, 0.0], [10.0, 10.0], [100.0, 100.0]])
-    x = da.from_array(X, chunks=(64, 2))
-    for max_iter in (1, 2, 50):
-        ours = KMeans(3, init=init, max_iter=max_iter, tol=0, dtype="float64").fit(x)
-        ref = SKMeans(3, init=init, n_init=1, max_iter=max_iter, tol=0, algorithm="lloyd").fit(X)
-        np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=0, atol=1e-9)
-        assert np.isfinite(ours.cluster_centers_).all()
-    assert ours.history_[0]["relocated"] == [2]
+    # In 64-row chunks the client runs every iteration; in one chunk a task runs them in batches
+    # and hands the iteration with the empty cluster back to the client.
+    for rows in (64, 600):
+        x = da.from_array(X, chunks=(rows, 2))
+        for max_iter in (1, 2, 50):
+            ours = KMeans(3, init=init, max_iter=max_iter, tol=0, dtype="float64").fit(x)
+            ref = SKMeans(3, init=init, n_init=1, max_iter=max_iter, tol=0, algorithm="lloyd").fit(X)
+            np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=0, atol=1e-9)
+            assert np.isfinite(ours.cluster_centers_).all()
+            assert ours.n_iter_ == ref.n_iter_
+        assert ours.history_[0]["relocated"] == [2]
 
 
 def _fit_centers(store):
@@ -152,6 +156,37 @@ def test_cached_blocks_give_the_bits_of_the_uncached_tree(client, mnist_test_sto
     assert fits[True].cluster_centers_.tobytes() == fits[False].cluster_centers_.tobytes()
     assert fits[True].inertia_ == fits[False].inertia_
     assert [h["inertia"] for h in fits[True].history_] == [h["inertia"] for h in fits[False].history_]
+
+
+@pytest.mark.parametrize("dtype, weighted, cache", [("float32", False, True), ("float64", True, True),
+                                                    ("float32", True, False)])
+def test_iterations_batched_in_one_task_give_the_bits_of_one_task_each(client, tmp_path, mnist_test, dtype,
+                                                                       weighted, cache):
+    """Data that a pass reads in one task (one cached block, one chunk) runs its iterations in batches
+    inside that task: same centers, inertia and history as one iteration a task (batch-seconds 0)."""
+    from distributed import get_task_stream
+
+    from distkm.data import write_store
+
+    X, _ = mnist_test
+    one_chunk = tmp_path / "one-chunk.zarr"
+    write_store(one_chunk, X[:3000], None, {}, chunk_rows=3000)
+    store = one_chunk if not cache else None
+    data = store or da.from_array(X[:3000], chunks=(500, 784))  # 6 chunks: one block of the cache
+    weights = np.random.RandomState(0).rand(3000) * 3 if weighted else None
+    init = random_rows(X, 10, seed=5)
+    fits, tasks = {}, {}
+    for seconds in (0, 1e-9, 60):  # one a task, one a task through the batch path, all in one task
+        with dask.config.set({"distkm.iteration-batch-seconds": seconds}), get_task_stream(client) as stream:
+            fits[seconds] = KMeans(10, init=init, max_iter=12, tol=0, dtype=dtype, cache=cache).fit(
+                data, sample_weight=weights)
+        tasks[seconds] = sum(1 for t in stream.data if key_split(t["key"]) == "distkm-partial-stats")
+    assert tasks == {0: 12, 1e-9: 12, 60: 1}
+    for seconds in (1e-9, 60):
+        assert fits[seconds].cluster_centers_.tobytes() == fits[0].cluster_centers_.tobytes()
+        assert fits[seconds].inertia_ == fits[0].inertia_
+        assert ([(h["iteration"], h["inertia"], h["center_shift"]) for h in fits[seconds].history_]
+                == [(h["iteration"], h["inertia"], h["center_shift"]) for h in fits[0].history_])
 
 
 def test_numpy_in_numpy_out_dask_in_lazy_out(client, mnist_test):
