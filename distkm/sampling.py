@@ -57,6 +57,15 @@ def top_rows(X, groups, keys, index, *, n_groups, m):
     out_rows = np.zeros((n_groups, m, d), dtype=X.dtype)
     if m == 0 or X.shape[0] == 0:
         return TopRows(out_keys, out_index, out_rows)
+    if n_groups == 1 and m < keys.shape[0]:
+        # One group (a draw over the chunk): only rows with a key up to the m-th smallest can be kept,
+        # ties included; sorting those alone gives the same rows as sorting the chunk (~15x less work).
+        near = np.flatnonzero(keys <= np.partition(keys, m - 1)[m - 1])
+        order = near[np.lexsort((index[near], keys[near]))][:m]
+        out_keys[0, :order.shape[0]] = keys[order]
+        out_index[0, :order.shape[0]] = index[order]
+        out_rows[0, :order.shape[0]] = X[order]
+        return TopRows(out_keys, out_index, out_rows)
     order = np.lexsort((index, keys, groups))  # by group, then key, then row index
     sorted_groups = groups[order]
     starts = np.searchsorted(sorted_groups, np.arange(n_groups))

@@ -54,6 +54,22 @@ def test_mapping_learnt_on_one_table_scores_another():
 # --------------------------------------------------------------------------- #
 # kernels: top-m per group, random keys
 # --------------------------------------------------------------------------- #
+@pytest.mark.parametrize("m", [1, 7, 40, 199, 200, 300])
+def test_top_rows_of_one_group_equal_the_sort_of_all_rows(m):
+    """A one-group draw sorts only the rows up to the m-th key: the rows, keys and ties of a full sort."""
+    rng = np.random.default_rng(1)
+    X = rng.integers(0, 255, (200, 3), dtype=np.uint8)
+    keys = rng.integers(0, 20, 200).astype(float)  # ties, broken by the row index
+    keys[rng.choice(200, 30, replace=False)] = np.inf  # rows that are never drawn
+    index = rng.permutation(np.arange(1000, 1200, dtype=np.int64))  # not in row order
+    one = top_rows(X, np.zeros(200, dtype=np.int64), keys, index, n_groups=1, m=m)
+    two = top_rows(X, np.zeros(200, dtype=np.int64), keys, index, n_groups=2, m=m)  # the general path
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a[0], b[0])
+    expected = np.lexsort((index, keys))[:m]
+    np.testing.assert_array_equal(one.index[0, :len(expected)], index[expected])
+
+
 def test_top_rows_merge_equals_top_rows_of_everything():
     rng = np.random.default_rng(0)
     X = rng.integers(0, 255, (1000, 4), dtype=np.uint8)
