@@ -158,8 +158,8 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     ``seconds`` is its batch's time shared by its iterations.
     """
     centers = np.array(centers, dtype=np.float64)
-    pass_stats = partial(kernels.partial_stats, block_rows=block_rows)
-    data, data_weights, chunk, per_chunk = _over(x, weights, pass_stats, kernels.merge_partial_stats, cached)
+    data, data_weights, chunk, per_chunk = _over(x, weights, partial(kernels.partial_stats, block_rows=block_rows),
+                                                 kernels.merge_partial_stats, cached)
     history = list(history or [])
     if converged or len(history) >= max_iter:
         return LloydResult(centers, len(history), converged, history)

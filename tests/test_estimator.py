@@ -169,10 +169,11 @@ def test_iterations_batched_in_one_task_give_the_bits_of_one_task_each(client, t
     from distkm.data import write_store
 
     X, _ = mnist_test
-    one_chunk = tmp_path / "one-chunk.zarr"
-    write_store(one_chunk, X[:3000], None, {}, chunk_rows=3000)
-    store = one_chunk if not cache else None
-    data = store or da.from_array(X[:3000], chunks=(500, 784))  # 6 chunks: one block of the cache
+    if cache:
+        data = da.from_array(X[:3000], chunks=(500, 784))  # 6 chunks: one block of the cache
+    else:
+        data = tmp_path / "one-chunk.zarr"
+        write_store(data, X[:3000], None, {}, chunk_rows=3000)
     weights = np.random.RandomState(0).rand(3000) * 3 if weighted else None
     init = random_rows(X, 10, seed=5)
     fits, tasks = {}, {}
