@@ -68,3 +68,20 @@ def sync_scheduler():
 def random_rows(x, k, seed=0):
     """k distinct rows of x chosen with a seed, as float64: a shared initialisation."""
     return np.asarray(x[np.random.RandomState(seed).choice(len(x), k, replace=False)], dtype=np.float64)
+
+
+@pytest.fixture(autouse=True)
+def dask_config_left_as_found():
+    """Every test leaves dask's default scheduler as it found it (a Client left open would change it).
+
+    A distributed Client sets ``scheduler: dask.distributed`` while it is the
+    default; one that is not closed in order leaves it behind, and every later
+    ``.compute()`` without a client then fails. Restored here, and reported as
+    this test's error rather than as later tests' failures.
+    """
+    before = dask.config.get("scheduler", None)
+    yield
+    after = dask.config.get("scheduler", None)
+    if after != before:
+        dask.config.set(scheduler=before)
+        pytest.fail(f"the test left dask's default scheduler set to {after!r} (was {before!r})")
