@@ -3,8 +3,8 @@
 Every Lloyd iteration re-reads and re-decodes the whole store. When the
 raw (uint8) chunks fit comfortably in the cluster's memory, persisting them
 once turns every later pass into pure compute, and several fits on the same
-data (a sweep of k) share that single read. The data stays distributed: each
-worker holds the chunks it read, nothing is gathered.
+data (a sweep of k, :func:`held_for_fits`) share that single read. The data
+stays distributed: each worker holds the chunks it read, nothing is gathered.
 
 A fit caches its rows in blocks of ``split_every`` row chunks
 (:func:`cache_in_blocks`): a cached Lloyd iteration is then one task per block
@@ -18,6 +18,7 @@ uncached pass.
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from dask.utils import format_bytes
@@ -60,24 +61,6 @@ def should_cache(nbytes, client, mode="auto"):
     return memory > 0 and nbytes <= AUTO_FRACTION * memory
 
 
-def cache_arrays(client, arrays, mode="auto"):
-    """Persist dask arrays on the workers if they fit (see :func:`should_cache`).
-
-    Returns
-    -------
-    list
-        The arrays, persisted or as given.
-    """
-    arrays = list(arrays)
-    nbytes = sum(a.nbytes for a in arrays if a is not None)
-    if not _cache_or_say_why(nbytes, client, mode):
-        return arrays
-    persisted = client.persist([a for a in arrays if a is not None])
-    it = iter(persisted)
-    logger.info("data cached on the workers (%s)", format_bytes(nbytes))
-    return [None if a is None else next(it) for a in arrays]
-
-
 class CachedBlocks(NamedTuple):
     """Rows (and their weights) persisted in blocks of consecutive row chunks.
 
@@ -112,8 +95,12 @@ def cache_in_blocks(client, x, split_every, mode="auto", *, weights=None):
         slice of a block is a view, not a copy).
     cached : CachedBlocks or None
         ``None`` when not cached, or when ``x`` was already persisted (by
-        ``distkm sweep``, say): it is used as it is, never held twice.
+        the caller): it is used as it is, never held twice. Blocks held for
+        ``x`` by :func:`held_for_fits` are returned as they are.
     """
+    held = _HELD.get(x.name)
+    if held is not None and weights is None and held.chunk_rows == group_chunks(x.chunks[0], split_every):
+        return x, held
     if _persisted(x) or not _cache_or_say_why(x.nbytes, client, mode):
         return x, None
     from .graph import concatenate_chunks
@@ -122,6 +109,28 @@ def cache_in_blocks(client, x, split_every, mode="auto", *, weights=None):
     blocks = client.persist(concatenate_chunks(x, groups, "cache"))
     block_weights = None if weights is None else client.persist(concatenate_chunks(weights, groups, "cache-weights"))
     return blocks.rechunk({0: x.chunks[0]}), CachedBlocks(blocks, groups, block_weights)
+
+
+#: Blocks that a caller holds for several fits (:func:`held_for_fits`), by the dask name of the array they cache.
+_HELD = {}
+
+
+@contextmanager
+def held_for_fits(x, cached):
+    """While in the block, fits of ``x`` (the array :func:`cache_in_blocks` returned) use ``cached`` as they are.
+
+    ``distkm sweep`` caches its rows once and fits every k on them: each fit
+    then runs one task per block, as a fit that cached the rows itself, and
+    the rows are held once. ``cached=None`` (not cached) does nothing.
+    """
+    if cached is None:
+        yield
+        return
+    _HELD[x.name] = cached
+    try:
+        yield
+    finally:
+        del _HELD[x.name]
 
 
 def _cache_or_say_why(nbytes, client, mode):

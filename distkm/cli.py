@@ -262,10 +262,9 @@ def _parse_n_init(value):
 # distkm sweep
 # --------------------------------------------------------------------------- #
 def _sweep(args):
-    from .cache import cache_arrays
     from .data import open_store
     from .outputs import atomic_output, check_output_path
-    from .sweep import COLUMNS, format_table, parse_ks, replace_arrays, sweep, write_sweep
+    from .sweep import COLUMNS, format_table, parse_ks, sweep, write_sweep
 
     start = time.perf_counter()
     ks = parse_ks(args.k)
@@ -278,8 +277,6 @@ def _sweep(args):
                   "n_init": _parse_n_init(args.n_init)}
     with atomic_output(args.out, overwrite=args.overwrite) as tmp, \
             _client(args, report_folder=tmp, data_nbytes=store.images.nbytes) as client:
-        images, labels = cache_arrays(client, [store.images, store.labels], mode=_parse_cache(args.cache))
-        store = replace_arrays(store, images, labels)
         if not args.quiet:
             print(f"sweeping k={','.join(map(str, ks))} on {args.store}"
                   f"{f' (fit on {split})' if split else ''}", flush=True)
@@ -291,7 +288,7 @@ def _sweep(args):
                 print(f"k={row['k']}: {shown}", flush=True)
 
         rows = sweep(store, ks, split=split, out=tmp, fit_params=fit_params, silhouette_sample=args.silhouette_sample,
-                     seed=args.seed or 0, on_result=show)
+                     seed=args.seed or 0, on_result=show, cache=_parse_cache(args.cache))
         write_sweep(tmp, rows, store=store, split=split, pictures=not args.no_pictures)
     print(format_table(rows))
     print(f"done in {time.perf_counter() - start:.1f} s: {args.out}/ (sweep.md, sweep.csv, sweep.json"

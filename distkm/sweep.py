@@ -14,7 +14,9 @@ import logging
 import time
 from pathlib import Path
 
-from .estimator import KMeans
+from . import config
+from .cache import held_for_fits
+from .estimator import KMeans, _cached
 from .evaluate import evaluate_store
 from .model import save_model
 from .outputs import write_text_atomic
@@ -46,13 +48,14 @@ def parse_ks(text):
     return ks
 
 
-def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample=None, seed=0, on_result=None):
+def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample=None, seed=0, on_result=None,
+          cache="auto"):
     """Fit and evaluate every k of ``ks`` on a store.
 
     Parameters
     ----------
     store : distkm.data.ImageStore
-        Opened without a split; its arrays may already be cached on the workers.
+        Opened without a split.
     ks : list of int
     split : str, optional
         Split to fit on (``train``); all splits are evaluated, with clusters
@@ -67,6 +70,9 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
         Seed of the evaluation's sample.
     on_result : callable, optional
         Called with each row as soon as its k is done.
+    cache : {"auto", True, False}
+        Hold the rows of the fitted split on the workers (see :mod:`distkm.cache`),
+        once for every k; the evaluation reads them there too.
 
     Returns
     -------
@@ -81,14 +87,19 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
     if ks[-1] > x.shape[0]:
         raise ValueError(f"n_samples={x.shape[0]} should be >= n_clusters={ks[-1]} (the largest k of the sweep).")
     held_out = [name for name in splits if name != split] if split else []
+    fit_params = dict(fit_params or {})
+    # Cached once, in the blocks a fit would make (one task per block an iteration; a small split is
+    # one block, whose iterations then run in batches inside its task), and held for every k.
+    x, blocks = _cached(x, cache, fit_params.get("split_every") or config.get("split-every"))
+    scored = store if blocks is None else _with_rows(store, start, stop, x)
     rows = []
     for k in ks:
-        # cache=False: the caller already cached the store (or chose not to) once for every k
-        model = KMeans(n_clusters=k, **{**(fit_params or {}), "cache": False})
+        model = KMeans(n_clusters=k, **{**fit_params, "cache": blocks is not None})
         began = time.perf_counter()
-        model.fit(x)
+        with held_for_fits(x, blocks):
+            model.fit(x)
         fit_seconds = time.perf_counter() - began
-        evaluation = evaluate_store(model, store, mapping_split=split, n_members=0,
+        evaluation = evaluate_store(model, scored, mapping_split=split, n_members=0,
                                     silhouette_sample=silhouette_sample, seed=seed)
         trained = evaluation.splits[evaluation.mapping_split]
         row = {"k": k, "inertia": model.inertia_, "n_iter": int(model.n_iter_), "fit_seconds": fit_seconds,
@@ -146,6 +157,10 @@ def write_sweep(out, rows, *, store, split, pictures=True):
     write_text_atomic(out / "sweep.md", "\n".join(text))
 
 
-def replace_arrays(store, images, labels):
-    """The same store with its dask arrays replaced (e.g. by cached ones)."""
-    return dataclasses.replace(store, images=images, labels=labels)
+def _with_rows(store, start, stop, rows):
+    """The store with its rows ``start:stop`` taken from ``rows`` (the cached ones), the others from disk."""
+    import dask.array as da
+
+    images = store.images
+    parts = [part for part in (images[:start], rows, images[stop:]) if part.shape[0]]
+    return dataclasses.replace(store, images=parts[0] if len(parts) == 1 else da.concatenate(parts))
