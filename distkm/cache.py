@@ -133,6 +133,11 @@ def held_for_fits(x, cached):
         del _HELD[x.name]
 
 
+def is_held(x):
+    """Whether ``x`` is in blocks that a caller holds (:func:`held_for_fits`)."""
+    return x.name in _HELD
+
+
 def _cache_or_say_why(nbytes, client, mode):
     """:func:`should_cache`, logging why not when ``mode`` left the choice to it."""
     if should_cache(nbytes, client, mode):

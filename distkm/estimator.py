@@ -24,6 +24,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import config, dashboard, lloyd
+from .cache import cache_in_blocks, is_held
 from .checkpoint import Checkpoint, FitState, digest
 from .data import as_dask_array
 from .init import init_centers
@@ -198,7 +199,7 @@ default="k-means++"
         summary = lloyd.summarize(x, weights, split_every=split_every, cached=cached)
         if summary.n_nonfinite:
             raise ValueError(f"X contains {summary.n_nonfinite} NaN or infinite value(s); k-means needs finite data")
-        if cached is not None:
+        if cached is not None and not is_held(x):  # said once the rows are known good (a sweep says it once)
             logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))
         tol = lloyd.tolerance(summary, self.tol)
 
@@ -393,8 +394,6 @@ def _cached(x, mode, split_every, weights=None):
 
     if get_scheduler() != client.get:  # another scheduler was chosen (e.g. "sync") while a client exists
         return x, None
-    from .cache import cache_in_blocks
-
     return cache_in_blocks(client, x, split_every, mode=mode, weights=weights)
 
 

@@ -14,6 +14,8 @@ import logging
 import time
 from pathlib import Path
 
+from dask.utils import format_bytes
+
 from . import config
 from .cache import held_for_fits
 from .estimator import KMeans, _cached
@@ -99,6 +101,8 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
         with held_for_fits(x, blocks):
             model.fit(x)
         fit_seconds = time.perf_counter() - began
+        if blocks is not None and not rows:  # once the first fit has found the rows good
+            logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))
         evaluation = evaluate_store(model, scored, mapping_split=split, n_members=0,
                                     silhouette_sample=silhouette_sample, seed=seed)
         trained = evaluation.splits[evaluation.mapping_split]

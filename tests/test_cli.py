@@ -168,6 +168,7 @@ def bad_stores(tmp_path):
     (["fit", "{tmp}/noimages.zarr", "--k", "3"], "has no 'images' array (it holds: pixels)"),
     (["fit", "{tmp}/3d.zarr", "--k", "3"], "must be 2-D (n_samples, n_features), got shape (4, 2, 2)"),
     (["fit", "{tmp}/nan.zarr", "--k", "3", "--n-workers", "1"], "X contains 1 NaN or infinite value(s)"),
+    (["sweep", "{tmp}/nan.zarr", "--k", "2,3", "--n-workers", "1"], "X contains 1 NaN or infinite value(s)"),
     (["fit", "{store}", "--k", "0"], "'n_clusters' parameter of KMeans must be an int in the range [1, inf)"),
     (["fit", "{store}", "--k", "10001"], "n_samples=10000 should be >= n_clusters=10001."),
     (["fit", "{store}", "--k", "10", "--init", "{tmp}/init-wrong.npy"], "init array has shape (3, 784), expected"),
