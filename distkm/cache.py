@@ -111,6 +111,30 @@ def cache_in_blocks(client, x, split_every, mode="auto", *, weights=None):
     return blocks.rechunk({0: x.chunks[0]}), CachedBlocks(blocks, groups, block_weights)
 
 
+def cache_on_client(x, mode, split_every, weights=None):
+    """:func:`cache_in_blocks` on the workers of the active distributed client, when ``mode`` asks for it.
+
+    Returns
+    -------
+    x, cached
+        As :func:`cache_in_blocks`; ``cached`` is ``None`` when ``mode`` is
+        False, without a distributed client, or when another scheduler was chosen.
+    """
+    if mode is False:
+        return x, None
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except ValueError:  # no distributed client: local threads read numpy or zarr directly
+        return x, None
+    from dask.base import get_scheduler
+
+    if get_scheduler() != client.get:  # another scheduler was chosen (e.g. "sync") while a client exists
+        return x, None
+    return cache_in_blocks(client, x, split_every, mode=mode, weights=weights)
+
+
 #: Blocks that a caller holds for several fits (:func:`held_for_fits`), by the dask name of the array they cache.
 _HELD = {}
 

@@ -276,7 +276,7 @@ def _sweep(args):
     fit_params = {"random_state": args.seed, "max_iter": args.max_iter, "tol": args.tol, "dtype": args.dtype,
                   "n_init": _parse_n_init(args.n_init)}
     with atomic_output(args.out, overwrite=args.overwrite) as tmp, \
-            _client(args, report_folder=tmp, data_nbytes=store.images.nbytes) as client:
+            _client(args, report_folder=tmp, data_nbytes=store.images.nbytes):
         if not args.quiet:
             print(f"sweeping k={','.join(map(str, ks))} on {args.store}"
                   f"{f' (fit on {split})' if split else ''}", flush=True)

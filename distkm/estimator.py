@@ -24,7 +24,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import config, dashboard, lloyd
-from .cache import cache_in_blocks, is_held
+from .cache import cache_on_client, is_held
 from .checkpoint import Checkpoint, FitState, digest
 from .data import as_dask_array
 from .init import init_centers
@@ -194,7 +194,7 @@ default="k-means++"
         batch_chunks = self.batch_chunks or config.get("minibatch-chunks")
         random_state = check_random_state(self.random_state)
         data = x  # labels_ is built on the uncached array: it must not pin the cache in memory
-        x, cached = _cached(x, self.cache, split_every, weights)
+        x, cached = cache_on_client(x, self.cache, split_every, weights)
 
         summary = lloyd.summarize(x, weights, split_every=split_every, cached=cached)
         if summary.n_nonfinite:
@@ -375,26 +375,6 @@ def _check_sample_weight(sample_weight, x):
     if not finite or negative or total <= 0:
         raise ValueError("sample_weight must be finite and non-negative, with at least one non-zero weight")
     return w
-
-
-def _cached(x, mode, split_every, weights=None):
-    """``x`` persisted on the workers of the active distributed client, when ``mode`` asks for it.
-
-    Returns ``(x, blocks)``: see :func:`distkm.cache.cache_in_blocks` (``blocks`` is ``None`` when not cached).
-    """
-    if mode is False:
-        return x, None
-    try:
-        from distributed import default_client
-
-        client = default_client()
-    except ValueError:  # no distributed client: local threads read numpy or zarr directly
-        return x, None
-    from dask.base import get_scheduler
-
-    if get_scheduler() != client.get:  # another scheduler was chosen (e.g. "sync") while a client exists
-        return x, None
-    return cache_in_blocks(client, x, split_every, mode=mode, weights=weights)
 
 
 def _report_iteration(record, *, run, n_clusters, verbose, checkpointed=False):

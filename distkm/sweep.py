@@ -14,11 +14,12 @@ import logging
 import time
 from pathlib import Path
 
+import dask.array as da
 from dask.utils import format_bytes
 
 from . import config
-from .cache import held_for_fits
-from .estimator import KMeans, _cached
+from .cache import cache_on_client, held_for_fits
+from .estimator import KMeans
 from .evaluate import evaluate_store
 from .model import save_model
 from .outputs import write_text_atomic
@@ -92,7 +93,7 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
     fit_params = dict(fit_params or {})
     # Cached once, in the blocks a fit would make (one task per block an iteration; a small split is
     # one block, whose iterations then run in batches inside its task), and held for every k.
-    x, blocks = _cached(x, cache, fit_params.get("split_every") or config.get("split-every"))
+    x, blocks = cache_on_client(x, cache, fit_params.get("split_every") or config.get("split-every"))
     scored = store if blocks is None else _with_rows(store, start, stop, x)
     rows = []
     for k in ks:
@@ -163,8 +164,6 @@ def write_sweep(out, rows, *, store, split, pictures=True):
 
 def _with_rows(store, start, stop, rows):
     """The store with its rows ``start:stop`` taken from ``rows`` (the cached ones), the others from disk."""
-    import dask.array as da
-
     images = store.images
     parts = [part for part in (images[:start], rows, images[stop:]) if part.shape[0]]
     return dataclasses.replace(store, images=parts[0] if len(parts) == 1 else da.concatenate(parts))
