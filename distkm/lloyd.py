@@ -166,27 +166,27 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     batch_seconds = config.get("iteration-batch-seconds", 0.0) if data.numblocks[0] == 1 else 0.0
     while len(history) < max_iter and not converged:
         started = time.perf_counter()
-        records = []
-        if batch_seconds > 0:  # none back when its first iteration found an empty cluster: the client relocates
+        records, stats = [], None
+        if batch_seconds > 0:  # stats: the pass at `centers` that found an empty cluster, if the batch stopped there
             batch = partial(_iterations_in_task, pass_stats=chunk, dtype=dtype, tol=tol, seconds=batch_seconds,
                             weighted_sq_norm=summary.weighted_sq_norm, max_iter=max_iter - len(history))
             job = map_reduce(data, batch, None, name="partial-stats", constants=(centers,), weights=data_weights,
                              per_chunk=per_chunk)
-            batch_centers, records = compute(job)[0]
-            centers = batch_centers if records else centers
-        if not records:
+            centers, records, stats = compute(job)[0]
+        if batch_seconds == 0 or stats is not None:  # an iteration on the client (relocating empty clusters)
             c, half = prepare_centers(centers, dtype)
-            job = map_reduce(data, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
-                             weights=data_weights, split_every=split_every, per_chunk=per_chunk)
-            stats = compute(job)[0]
+            if stats is None:
+                job = map_reduce(data, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
+                                 weights=data_weights, split_every=split_every, per_chunk=per_chunk)
+                stats = compute(job)[0]
             n_empty = int(np.count_nonzero(stats.weights == 0))
             far = farthest_points(x, c, half, n_empty, weights=weights, split_every=split_every,
                                   block_rows=block_rows) if n_empty else None
             centers, record = _step(centers, stats, summary.weighted_sq_norm, far)
             if n_empty:
                 logger.info("iteration %d: %d empty cluster(s) %s moved to the farthest points",
-                            len(history) + 1, n_empty, record["relocated"])
-            records = [record]
+                            len(history) + len(records) + 1, n_empty, record["relocated"])
+            records.append(record)
         seconds = (time.perf_counter() - started) / len(records)  # a batch's round trip shared by its iterations
         for record in records:
             record.update(iteration=len(history) + 1, seconds=seconds)
@@ -223,13 +223,16 @@ def _iterations_in_task(X, centers, weights, *, pass_stats, dtype, weighted_sq_n
     hence the same centers to the bit) for up to ``seconds``, then report:
     a round trip per batch instead of one per iteration, which is most of a
     small job's iteration. An iteration that finds an empty cluster is left
-    to the client, which needs a pass to relocate it.
+    to the client, which needs a pass to relocate it: its statistics go back
+    with the batch, so the client does not compute them again.
 
     Returns
     -------
     centers : ndarray of shape (k, d)
     records : list of dict
         One per iteration run (``iteration`` and ``seconds`` left to the client).
+    empty : PartialStats or None
+        The statistics of ``centers`` when they left a cluster empty (the batch stopped there).
     """
     records = []
     deadline = time.perf_counter() + seconds
@@ -237,12 +240,12 @@ def _iterations_in_task(X, centers, weights, *, pass_stats, dtype, weighted_sq_n
         c, half = prepare_centers(centers, dtype)
         stats = pass_stats(X, c, half, weights, **pass_kwargs)
         if not stats.weights.all():
-            break
+            return centers, records, stats
         centers, record = _step(centers, stats, weighted_sq_norm)
         records.append(record)
         if record["center_shift"] <= tol or time.perf_counter() >= deadline:
             break
-    return centers, records
+    return centers, records, None
 
 
 def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_every=8, block_rows=2048):

@@ -73,10 +73,15 @@ def test_empty_cluster_is_relocated_as_sklearn_does(client):
     init = np.array([[0.0, 0.0], [10.0, 10.0], [100.0, 100.0]])
     # In 64-row chunks the client runs every iteration; in one chunk a task runs them in batches
     # and hands the iteration with the empty cluster back to the client.
+    from distributed import get_task_stream
+
     for rows in (64, 600):
         x = da.from_array(X, chunks=(rows, 2))
         for max_iter in (1, 2, 50):
-            ours = KMeans(3, init=init, max_iter=max_iter, tol=0, dtype="float64").fit(x)
+            with get_task_stream(client) as stream:
+                ours = KMeans(3, init=init, max_iter=max_iter, tol=0, dtype="float64").fit(x)
+            if rows == 600 and max_iter == 1:  # the batch's pass is the one the client relocates from, not redone
+                assert sum(key_split(t["key"]) == "distkm-partial-stats" for t in stream.data) == 1
             ref = SKMeans(3, init=init, n_init=1, max_iter=max_iter, tol=0, algorithm="lloyd").fit(X)
             np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=0, atol=1e-9)
             assert np.isfinite(ours.cluster_centers_).all()
