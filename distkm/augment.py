@@ -26,7 +26,7 @@ import zarr
 from . import chunked, config
 from .data import blosc_compressor, compressor_settings, open_store
 from .distort import random_distortions, distort
-from .outputs import check_output_path, partial_path, replace_path
+from .outputs import check_not_an_input, check_output_path, partial_path, replace_path
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,8 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
     plan = _plan(source, out, n, seed=seed, split=split, chunk_rows=chunk_rows, compressor=compressor,
                  originals=originals, strength=strength, image_shape=image_shape)
     out, work = Path(out), partial_path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"output {str(out)!r} already exists; pass --overwrite (overwrite=True) to replace it")
-    check_output_path(work, overwrite=True)
+    check_output_path(out, overwrite=overwrite, inputs=[source])
+    check_not_an_input(work, [source])
     resumed = _resume_or_create(work, plan, resume_command=_command(plan, out))
     done = chunked.chunks_done(work)
     todo = [i for i in range(plan.n_chunks) if not done[i]]
@@ -155,6 +154,9 @@ def _command(plan, out):
         words.append("--no-originals")
     if plan.strength != 1.0:
         words += ["--strength", str(plan.strength)]
+    # Resuming compares every field of the plan: the command must restate the codec and the image shape.
+    words += ["--compressor", "{cname}:{clevel}:{shuffle}".format(**plan.compressor),
+              "--image-shape", "x".join(map(str, plan.image_shape))]
     return shlex.join(words)
 
 

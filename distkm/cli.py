@@ -124,15 +124,17 @@ def _fit(args):
     from .data import open_store
     from .estimator import KMeans
     from .model import save_model, write_labels
-    from .outputs import check_output_path, partial_path, replace_path
+    from .outputs import check_not_an_input, check_output_path, partial_path, replace_path
     from .report import report_run
 
     start = time.perf_counter()
     # Everything that can be checked without a cluster is checked first.
     store = open_store(args.store, split=args.split)
     whole_store = open_store(args.store) if args.split else store
-    check_output_path(args.out, overwrite=args.overwrite)
+    inputs = [args.store] + ([args.init] if Path(args.init).exists() else [])
+    check_output_path(args.out, overwrite=args.overwrite, inputs=inputs)
     work = partial_path(args.out)
+    check_not_an_input(work, inputs)
     if work.exists() and not args.resume:
         raise FileExistsError(f"{work} holds an interrupted fit; add --resume to continue it, "
                               "or delete it to start over")
@@ -272,10 +274,10 @@ def _sweep(args):
     split = args.split
     if split is None and "train" in store.attrs.get("splits", {}):
         split = "train"  # fit on train, score on the held-out rows too
-    check_output_path(args.out, overwrite=args.overwrite)
+    check_output_path(args.out, overwrite=args.overwrite, inputs=[args.store])
     fit_params = {"random_state": args.seed, "max_iter": args.max_iter, "tol": args.tol, "dtype": args.dtype,
                   "n_init": _parse_n_init(args.n_init)}
-    with atomic_output(args.out, overwrite=args.overwrite) as tmp, \
+    with atomic_output(args.out, overwrite=args.overwrite, inputs=[args.store]) as tmp, \
             _client(args, report_folder=tmp, data_nbytes=store.images.nbytes):
         if not args.quiet:
             print(f"sweeping k={','.join(map(str, ks))} on {args.store}"
@@ -358,10 +360,11 @@ def _predict(args):
     start = time.perf_counter()
     model, _ = load_model(args.run)
     store = open_store(args.store, split=args.split)
-    check_output_path(args.out, overwrite=args.overwrite)
+    inputs = [args.run, args.store]
+    check_output_path(args.out, overwrite=args.overwrite, inputs=inputs)
     labels = model.predict(store.images)
     with _client(args), \
-            atomic_output(args.out, overwrite=args.overwrite) as tmp:
+            atomic_output(args.out, overwrite=args.overwrite, inputs=inputs) as tmp:
         if not args.quiet:
             print(f"assigning {store.images.shape[0]:,} rows of {args.store}",
                   flush=True)

@@ -235,7 +235,7 @@ def ingest_idx(dataset, out, *, source=None, chunk_rows=None, compressor=None, o
     compressor = compressor_settings(compressor)
     folder, present = find_idx_source(dataset, source)
     names = [f for s in present for f in spec.splits[s]]
-    with atomic_output(out, overwrite=overwrite) as tmp:
+    with atomic_output(out, overwrite=overwrite, inputs=[folder]) as tmp:
         listing, verified = _verify(folder, names, spec.fallback_checksums)
         images, labels, splits = [], [], {}
         start = 0

@@ -91,7 +91,7 @@ def ingest_image_folder(folder, out, *, size=(28, 28), mode="L", fit="pad", inve
     }
     if names is not None:
         attrs["label_names"] = names
-    with atomic_output(out, overwrite=overwrite) as tmp:
+    with atomic_output(out, overwrite=overwrite, inputs=[folder]) as tmp:
         chunked.create_store(tmp, n=len(files), n_features=int(np.prod(image_shape)), chunk_rows=chunk_rows,
                              labels=labels is not None, compressor=blosc_compressor(compressor),
                              attrs=attrs)

@@ -136,7 +136,7 @@ def write_labels(path, labels, *, attrs=None):
     """Write lazy labels (a 1-D dask array) to a zarr array, chunk by chunk on the workers."""
     chunk = max(labels.chunks[0])
     z = zarr.create_array(path, shape=labels.shape, chunks=(chunk,), dtype=labels.dtype,
-                          dimension_names=["sample"], attributes=attrs or {})
+                          dimension_names=["sample"], attributes={"distkm": "labels", **(attrs or {})})
     from .graph import compute
 
     job = da.store(labels.rechunk(chunk), z, lock=False, compute=False)

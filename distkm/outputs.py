@@ -10,6 +10,7 @@ is complete.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,22 +18,115 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def check_output_path(path, *, overwrite=False):
-    """Fail early, before any work, if ``path`` cannot be written.
+def check_output_path(path, *, overwrite=False, inputs=()):
+    """Fail early, before any work, if ``path`` cannot or must not be written.
+
+    Parameters
+    ----------
+    path : str or Path
+        The output to create.
+    overwrite : bool
+        Allow replacing an existing output, but only one that distkm wrote
+        (:func:`written_by_distkm`): never an arbitrary file or folder.
+    inputs : iterable of str or Path
+        The inputs of the command: the output may not be one of them, hold
+        one, or lie inside one (compared as resolved paths, links followed).
 
     Raises
     ------
+    ValueError
+        ``path`` is, contains, or lies inside an input.
     FileExistsError
-        ``path`` exists and ``overwrite`` is false.
+        ``path`` exists and ``overwrite`` is false, or it is not distkm's own output.
     PermissionError
         The folder that would hold ``path`` cannot be written.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"output {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
+    check_not_an_input(path, inputs)
+    if path.exists() or path.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"output {str(path)!r} already exists; pass --overwrite (overwrite=True) "
+                                  "to replace it")
+        _check_replaceable(path)
     parent = _existing_ancestor(path.parent)
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write output {str(path)!r}: folder {str(parent)!r} is not writable")
+
+
+def check_not_an_input(path, inputs):
+    """Refuse an output that is, contains, or lies inside one of ``inputs`` (resolved paths).
+
+    Raises
+    ------
+    ValueError
+        Naming the output, the input and how they overlap.
+    """
+    out = Path(path).resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(given).resolve()
+        if out == source:
+            how = "is"
+        elif out in source.parents:
+            how = "contains"
+        elif source in out.parents:
+            how = "lies inside"
+        else:
+            continue
+        raise ValueError(f"output {str(path)!r} {how} the input {str(given)!r}: an output may never replace, "
+                         "hold or sit inside an input; choose another --out")
+
+
+def written_by_distkm(path):
+    """What distkm output ``path`` is (``"store"``, ``"run folder"``...), or ``None`` for anything else.
+
+    Recognised by content, not by name: a zarr store or labels array with
+    distkm's attributes, a run folder (``model.json`` of format
+    ``distkm-model``), a sweep folder (``sweep.json``), a quantize folder or
+    image (named by a distkm palette JSON).
+    """
+    path = Path(path)
+    if path.is_symlink():
+        return None
+    if path.is_dir():
+        meta = _read_json(path / "zarr.json")
+        if meta is not None and "distkm" in meta.get("attributes", {}):
+            return "store" if meta.get("node_type") == "group" else "labels array"
+        if (_read_json(path / "model.json") or {}).get("format") == "distkm-model":
+            return "run folder"
+        if "rows" in (_read_json(path / "sweep.json") or {}):
+            return "sweep folder"
+        if _is_palette(path / "palette.json"):
+            return "quantize folder"
+        return None
+    if path.is_file():
+        if path.suffix == ".json" and path.stem.endswith("palette") and _is_palette(path):
+            return "palette"
+        for palette in (path.with_name(path.stem + "-palette.json"),
+                        path.with_name(path.stem.removesuffix("-palette") + "-palette.json")):
+            doc = _read_json(palette) if _is_palette(palette) else None
+            if doc is not None and path.name in doc.get("images", []) + [palette.with_suffix(".png").name]:
+                return "quantized image"
+    return None
+
+
+def _is_palette(path):
+    return (_read_json(path) or {}).get("format") == "distkm-palette"
+
+
+def _read_json(path):
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _check_replaceable(path):
+    if written_by_distkm(path) is None:
+        raise FileExistsError(f"output {str(path)!r} exists and is not an output of distkm; --overwrite replaces only "
+                              "what distkm wrote (a store, a run folder...): remove it yourself or choose another --out")
 
 
 def _existing_ancestor(path):
@@ -43,7 +137,7 @@ def _existing_ancestor(path):
 
 
 @contextmanager
-def atomic_output(path, *, overwrite=False):
+def atomic_output(path, *, overwrite=False, inputs=()):
     """Context manager yielding a temporary folder that becomes ``path`` on success.
 
     Parameters
@@ -51,7 +145,9 @@ def atomic_output(path, *, overwrite=False):
     path : str or Path
         Final location (a folder: zarr stores and run folders are folders).
     overwrite : bool
-        Replace an existing ``path`` once the new output is complete.
+        Replace an existing ``path`` (distkm's own output only) once the new output is complete.
+    inputs : iterable of str or Path
+        The command's inputs, which ``path`` may not overlap (see :func:`check_output_path`).
 
     Yields
     ------
@@ -59,7 +155,7 @@ def atomic_output(path, *, overwrite=False):
         The temporary folder to write into. It is removed if the block raises.
     """
     path = Path(path)
-    check_output_path(path, overwrite=overwrite)
+    check_output_path(path, overwrite=overwrite, inputs=inputs)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes 0o700; outputs are meant to be shared
@@ -108,6 +204,7 @@ def replace_path(src, dst, *, overwrite=False):
     if dst.exists() and not overwrite:
         raise FileExistsError(f"output {str(dst)!r} appeared while writing; nothing was replaced")
     if dst.exists():
+        _check_replaceable(dst)
         old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
         os.replace(dst, old / dst.name)
         os.replace(src, dst)

@@ -107,7 +107,7 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=DEF
         if source.is_dir():
             inputs = list_images(source)[0]
             # The whole output folder appears at once, when every image is written.
-            folder = stack.enter_context(atomic_output(out, overwrite=overwrite))
+            folder = stack.enter_context(atomic_output(out, overwrite=overwrite, inputs=[source]))
             outputs = [folder / p.relative_to(source).with_suffix(".png") for p in inputs]
             palette_stem, work_parent = folder / "palette", out.parent
         else:
@@ -117,7 +117,7 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=DEF
             inputs, outputs = [source], [out]
             palette_stem, work_parent = out.with_name(out.stem + "-palette"), out.parent
             for path in (out, palette_stem.with_suffix(".json"), palette_stem.with_suffix(".png")):
-                check_output_path(path, overwrite=overwrite)
+                check_output_path(path, overwrite=overwrite, inputs=[source])
         work_parent.mkdir(parents=True, exist_ok=True)
         # The pixels live in a hidden folder beside the outputs: on a cluster, storage every worker sees.
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.quantize-", dir=work_parent))
@@ -132,7 +132,8 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=DEF
         recoloured = _recolour(pixels, model, palette, work / "recoloured.zarr")
         written = _write_images(recoloured, shapes, outputs, overwrite=overwrite)
         shares = model.cluster_sizes_ / n
-        palette_files = _write_palette(palette_stem, palette, shares, picture=palette_picture)
+        names = [str(p.relative_to(palette_stem.parent)) for p in written]
+        palette_files = _write_palette(palette_stem, palette, shares, names, picture=palette_picture)
     if source.is_dir():  # report where the files are now, not where they were written
         written = [out / p.relative_to(folder) for p in written]
         palette_files = [out / p.relative_to(folder) for p in palette_files]
@@ -225,11 +226,12 @@ def _write_images(recoloured, shapes, outputs, *, overwrite):
     return written
 
 
-def _write_palette(stem, palette, shares, *, picture):
+def _write_palette(stem, palette, shares, images, *, picture):
     colours = [{"rgb": [int(v) for v in c], "hex": "#{:02x}{:02x}{:02x}".format(*c), "share": float(s)}
                for c, s in zip(palette, shares)]
     json_path = stem.with_suffix(".json")
-    write_text_atomic(json_path, json.dumps({"colours": colours}, indent=2) + "\n")
+    write_text_atomic(json_path, json.dumps({"format": "distkm-palette", "images": images, "colours": colours},
+                                                indent=2) + "\n")
     files = [json_path]
     if picture:
         from .pictures import plot_palette

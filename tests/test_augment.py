@@ -162,3 +162,24 @@ def test_fit_on_200k_augmented_rows_with_1gib_workers(tmp_path, mnist_store):
     assert model.cluster_sizes_.sum() == 200_000 and (model.cluster_sizes_ > 0).all()
     assert np.bincount(model.labels_.compute(), minlength=10).tolist() == model.cluster_sizes_.tolist()
     assert 0 < model.inertia_ < np.inf
+
+
+def test_printed_resume_command_restates_codec_and_image_shape(tmp_path, mnist_test):
+    """The resume command a partial store carries gives the same plan, for a non-default codec and shape."""
+    import shlex
+
+    from distkm.augment import _command, _plan
+    from distkm.cli import _parser
+
+    x, y = mnist_test
+    source = tmp_path / "flat.zarr"
+    write_store(source, x[:300], y[:300], {}, chunk_rows=100)  # declares no image shape
+    out = tmp_path / "aug.zarr"
+    plan = _plan(source, out, 500, seed=3, split=None, chunk_rows=100, compressor="zstd:1", originals=True,
+                 strength=0.5, image_shape=(28, 28))
+    args = _parser().parse_args(shlex.split(_command(plan, out))[1:])
+    shape = tuple(int(v) for v in args.image_shape.split("x"))
+    again = _plan(args.source, args.out, args.n, seed=args.seed, split=args.split, chunk_rows=args.chunk_rows,
+                  compressor=args.compressor, originals=not args.no_originals, strength=args.strength,
+                  image_shape=shape)
+    assert again == plan
