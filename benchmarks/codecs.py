@@ -13,7 +13,7 @@ from pathlib import Path
 
 import zarr
 
-from distkm.data import blosc_compressor
+from distkm.io.stores import blosc_compressor
 
 CANDIDATES = ["lz4:1", "lz4:5", "lz4:9", "lz4hc:3", "lz4hc:5", "lz4hc:9", "blosclz:5", "zstd:1", "zstd:3",
               "zstd:1:bitshuffle",

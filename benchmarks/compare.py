@@ -9,7 +9,7 @@ with ``distkm augment``. For each store, on a LocalCluster of 2 workers x 1 thre
 worker settings), from the same initial centers (k seeded random rows):
 
 * read: a pass that only reads and decodes every chunk (the floor for an out-of-core iteration), as
-  distkm reads (:mod:`distkm.zarr_chunks`), and as ``dask.array.from_zarr`` reads (zarr's event loop);
+  distkm reads (:mod:`distkm.io.zarr_chunks`), and as ``dask.array.from_zarr`` reads (zarr's event loop);
 * distkm out-of-core (``cache=False``: the store is re-read every iteration) and cached (``cache=True``;
   skipped when the chunks exceed the share of the workers' memory that ``cache="auto"`` allows);
 * dask-ml ``KMeans`` on the same store (as float32), its per-iteration times from its own log;
@@ -87,9 +87,10 @@ def _sum(*parts):
 
 
 def read_pass(x):
-    from distkm.graph import compute, map_reduce
+    from distkm import config
+    from distkm.engine.passes import compute, map_reduce
 
-    compute(map_reduce(x, _touch, _sum, name="read"))
+    compute(map_reduce(x, _touch, _sum, name="read", split_every=config.split_every()))
 
 
 class DaskMLTimes(logging.Handler):
@@ -114,10 +115,11 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
     from distributed import wait
 
     from distkm import KMeans
-    from distkm.cache import AUTO_FRACTION, cluster_memory, should_cache
-    from distkm.cluster import dask_client
-    from distkm.data import open_store
-    from distkm.init import init_centers, take_rows
+    from distkm import config
+    from distkm.engine.cache import cluster_memory, should_cache
+    from distkm.cluster.client import dask_client
+    from distkm.io.stores import open_store
+    from distkm.engine.init import init_centers, take_rows
 
     store = ensure_store(name)
     images = zarr.open_array(store / "images", mode="r")
@@ -140,7 +142,7 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
 
         for label, cache in (("distkm out-of-core", False), ("distkm cached", True)):
             if cache and not should_cache(x.nbytes, client):  # e.g. aug32m: 25 GB of chunks
-                notes[label] = (f"skipped: {fmt_bytes(x.nbytes)} of chunks exceed {AUTO_FRACTION:.0%} of the "
+                notes[label] = (f"skipped: {fmt_bytes(x.nbytes)} of chunks exceed {config.cache_fraction():.0%} of the "
                                 f"workers' memory ({fmt_bytes(cluster_memory(client))})")
                 continue
             with rss.measure(peaks, label):
@@ -181,7 +183,8 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
             runs += [("distkm k-means++ (sample)", "k-means++", x)]
             for label, method, data in runs:
                 t = time.perf_counter()
-                centers = init_centers(data, k, method, np.random.RandomState(seed))
+                centers = init_centers(data, k, method, np.random.RandomState(seed), split_every=config.split_every(),
+                                       block_rows=config.block_rows())
                 seconds = time.perf_counter() - t
                 model = KMeans(k, init=centers).fit(cached)
                 inits[label] = {"seconds": seconds, "inertia": model.inertia_, "n_iter": model.n_iter_}

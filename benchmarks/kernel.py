@@ -129,7 +129,7 @@ def main():
 
     import zarr
 
-    from distkm.lloyd import prepare_centers
+    from distkm.kernels.assign import prepare_centers
 
     X = np.asarray(zarr.open_array(str(Path(args.store) / "images"), mode="r")[:args.rows])
     n, d = X.shape

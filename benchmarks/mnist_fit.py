@@ -65,8 +65,8 @@ def main():
     small_job()
 
 
-IMPORTS = ("import distkm.cli, distkm.data, distkm.estimator, distkm.model, distkm.cluster, distkm.report, "
-           "distkm.evaluate, distkm.pictures")
+IMPORTS = ("import distkm.cli, distkm.io.stores, distkm.estimator, distkm.io.model, distkm.cluster.client, "
+           "distkm.evaluation.report, distkm.evaluation.evaluate, distkm.evaluation.pictures")
 
 
 def small_job(repeats=3):

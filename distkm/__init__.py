@@ -7,7 +7,7 @@ modules their tasks need (the numpy kernels, the chunk reader), not
 scikit-learn, which keeps every worker process about 90 MB smaller.
 """
 
-from . import config  # noqa: F401  (registers distkm's defaults with dask.config)
+from distkm import config  # noqa: F401  (registers distkm's defaults with dask.config)
 
 __version__ = "0.1.0"
 __all__ = ["KMeans", "__version__"]
@@ -15,7 +15,7 @@ __all__ = ["KMeans", "__version__"]
 
 def __getattr__(name):
     if name == "KMeans":
-        from .estimator import KMeans
+        from distkm.estimator import KMeans
 
         return KMeans
     raise AttributeError(f"module 'distkm' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import dask.config
 import numpy as np
 
-from . import __version__
+from distkm import __version__
 
 EXIT_ERROR = 1
 PERFORMANCE_REPORT = "performance-report.html"
@@ -85,7 +85,7 @@ def _one_line(error):
 # distkm ingest
 # --------------------------------------------------------------------------- #
 def _ingest(args):
-    from .data import ingest_idx
+    from distkm.io.datasets import ingest_idx
 
     if args.dataset == "folder":
         return _ingest_folder(args)
@@ -100,8 +100,8 @@ def _ingest(args):
 def _ingest_folder(args):
     from contextlib import nullcontext
 
-    from .cluster import dask_client
-    from .folders import ingest_image_folder
+    from distkm.cluster.client import dask_client
+    from distkm.apps.ingest import ingest_image_folder
 
     if not args.source:
         raise ValueError("distkm ingest folder needs --source DIR (the folder of images)")
@@ -121,11 +121,13 @@ def _ingest_folder(args):
 # distkm fit
 # --------------------------------------------------------------------------- #
 def _fit(args):
-    from .data import open_store
-    from .estimator import KMeans
-    from .model import save_model, write_labels
-    from .outputs import check_not_an_input, check_output_path, partial_path, replace_path
-    from .report import report_run
+    from distkm.io.stores import open_store
+    from distkm.estimator import KMeans
+    from distkm.engine.lloyd import write_labels
+    from distkm.io.checkpoint import Checkpoint
+    from distkm.io.model import save_model
+    from distkm.io.outputs import check_not_an_input, check_output_path, partial_path, replace_path
+    from distkm.evaluation.report import report_run
 
     start = time.perf_counter()
     # Everything that can be checked without a cluster is checked first.
@@ -170,13 +172,13 @@ def _fit(args):
             evaluation = report_run(work, model, meta, whole_store, evaluate=not args.no_evaluate,
                                     pictures=not args.no_pictures, seed=args.seed or 0)
     except BaseException:
-        if (work / "checkpoint" / "checkpoint.json").exists():
+        if Checkpoint(work / "checkpoint").exists():
             print(f"distkm: the fit so far is kept in {work}; run the same command with --resume to continue",
                   file=sys.stderr)
         else:  # nothing worth resuming: leave nothing behind
             shutil.rmtree(work, ignore_errors=True)
         raise
-    shutil.rmtree(work / "checkpoint")
+    Checkpoint(work / "checkpoint").remove()
     replace_path(work, args.out, overwrite=args.overwrite)
     sizes = model.cluster_sizes_
     print(f"done in {time.perf_counter() - start:.1f} s: {model.n_iter_} iterations, inertia {model.inertia_:.6g}, "
@@ -197,9 +199,9 @@ def _report_flags(parser):
 # distkm evaluate
 # --------------------------------------------------------------------------- #
 def _evaluate(args):
-    from .data import open_store
-    from .model import load_model
-    from .report import report_run
+    from distkm.io.stores import open_store
+    from distkm.estimator import load_model
+    from distkm.evaluation.report import report_run
 
     start = time.perf_counter()
     model, meta = load_model(args.run)
@@ -225,7 +227,7 @@ def _client(args, report_folder=None, data_nbytes=None):
     """The command's Dask client; with --performance-report, a self-contained HTML report of the
     command's work is written into ``report_folder`` when the block ends. ``data_nbytes`` (the size
     of the data the command reads) lets a LocalCluster for small data run its workers as threads."""
-    from .cluster import dask_client
+    from distkm.cluster.client import dask_client
 
     with dask_client(args.scheduler, cluster_config=args.cluster_config, n_workers=args.n_workers,
                      threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
@@ -248,7 +250,7 @@ def _parse_init(value):
         return value
     path = Path(value)
     if path.is_dir():
-        from .model import load_model
+        from distkm.estimator import load_model
 
         return load_model(path)[0].cluster_centers_
     if path.suffix == ".npy" and path.is_file():
@@ -264,9 +266,9 @@ def _parse_n_init(value):
 # distkm sweep
 # --------------------------------------------------------------------------- #
 def _sweep(args):
-    from .data import open_store
-    from .outputs import atomic_output, check_output_path
-    from .sweep import COLUMNS, format_table, parse_ks, sweep, write_sweep
+    from distkm.io.stores import open_store
+    from distkm.io.outputs import atomic_output, check_output_path
+    from distkm.apps.sweep import COLUMNS, format_table, parse_ks, sweep, write_sweep
 
     start = time.perf_counter()
     ks = parse_ks(args.k)
@@ -304,14 +306,14 @@ def _parse_cache(value):
 def _cache_flag(parser, when):
     parser.add_argument("--cache", choices=["auto", "yes", "no"], default="auto",
                         help=f"keep the store's chunks in the workers' memory {when} "
-                             "(auto: when they take at most 40%% of it)")
+                             "(auto: when they take at most distkm.cache-fraction of it, 0.4 by default)")
 
 
 # --------------------------------------------------------------------------- #
 # distkm quantize
 # --------------------------------------------------------------------------- #
 def _quantize(args):
-    from .quantize import quantize
+    from distkm.apps.quantize import quantize
 
     start = time.perf_counter()
     with _client(args):
@@ -332,7 +334,7 @@ def _quantize(args):
 # distkm augment
 # --------------------------------------------------------------------------- #
 def _augment(args):
-    from .augment import augment_store
+    from distkm.apps.augment import augment_store
 
     shape = tuple(int(v) for v in args.image_shape.lower().split("x")) if args.image_shape else None
     with _client(args):
@@ -353,9 +355,10 @@ def _augment(args):
 # distkm predict
 # --------------------------------------------------------------------------- #
 def _predict(args):
-    from .data import open_store
-    from .model import load_model, write_labels
-    from .outputs import atomic_output, check_output_path
+    from distkm.io.stores import open_store
+    from distkm.estimator import load_model
+    from distkm.engine.lloyd import write_labels
+    from distkm.io.outputs import atomic_output, check_output_path
 
     start = time.perf_counter()
     model, _ = load_model(args.run)

@@ -1,12 +1,15 @@
-"""Register distkm's defaults (``distkm.yaml``) with dask.config.
+"""Register distkm's defaults (``distkm.yaml``) with dask.config, and read them checked.
 
 Done the way dask-jobqueue does it: the YAML beside this file holds every
 default once, with comments; users override any of them through dask's own
-configuration files, environment variables or ``dask.config.set``.
+configuration files, environment variables or ``dask.config.set``. Values
+that the code relies on are read through the checked getters below, so a
+bad setting fails at the door with a line naming the key, not deep inside a pass.
 """
 
 from __future__ import annotations
 
+from numbers import Integral, Real
 from pathlib import Path
 
 import dask.config
@@ -19,8 +22,57 @@ with _DEFAULTS_FILE.open() as f:
 
 dask.config.update_defaults(_defaults)
 
+#: Largest block for which float32 sums of uint8 values are exact (see distkm.kernels.lloyd).
+_MAX_BLOCK_ROWS = 65536
+
 
 def get(key, default=None):
     """Value of ``distkm.<key>`` from dask.config (``default`` when unset or null)."""
     value = dask.config.get(f"distkm.{key}", default=None)
     return default if value is None else value
+
+
+def get_int(key, *, minimum=1, maximum=None):
+    """``distkm.<key>`` as an integer within bounds.
+
+    Raises
+    ------
+    ValueError
+        Naming the key, the value and the accepted range.
+    """
+    value = get(key)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():  # from an environment variable
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum or (
+            maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        raise ValueError(f"dask config distkm.{key} must be an integer {bounds}, got {value!r}; "
+                         "fix it in your dask config (e.g. ~/.config/dask/distkm.yaml) or its DASK_DISTKM__ variable")
+    return int(value)
+
+
+def get_fraction(key):
+    """``distkm.<key>`` as a number in (0, 1]."""
+    value = get(key)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not isinstance(value, (Real, str)) or not 0 < number <= 1:
+        raise ValueError(f"dask config distkm.{key} must be a number in (0, 1], got {value!r}")
+    return number
+
+
+def split_every():
+    """Fan-in of the reduction tree (``distkm.split-every``)."""
+    return get_int("split-every", minimum=2)
+
+
+def block_rows():
+    """Rows cast to the compute dtype at a time inside the kernels (``distkm.block-rows``)."""
+    return get_int("block-rows", maximum=_MAX_BLOCK_ROWS)
+
+
+def cache_fraction():
+    """Share of the workers' memory that cached rows may take in ``cache="auto"`` (``distkm.cache-fraction``)."""
+    return get_fraction("cache-fraction")

@@ -2,7 +2,7 @@
 
 Input is checked here, once, at the door (parameters through scikit-learn's
 ``_parameter_constraints``, data-dependent checks in ``_check_*``); the
-private machinery in :mod:`distkm.lloyd` and :mod:`distkm.kernels` assumes
+private machinery in :mod:`distkm.engine.lloyd` and :mod:`distkm.kernels` assumes
 valid input.
 """
 
@@ -23,12 +23,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import config, dashboard, lloyd
-from .cache import cache_on_client, is_held
-from .checkpoint import Checkpoint, FitState, digest
-from .data import as_dask_array
-from .init import init_centers
-from .minibatch import minibatch
+from distkm import config
+from distkm.cluster import dashboard
+from distkm.engine import lloyd
+from distkm.engine.cache import CachedRows, cache_on_client
+from distkm.io.checkpoint import Checkpoint, FitState, digest
+from distkm.io.model import read_model
+from distkm.io.stores import as_dask_array
+from distkm.engine.init import init_centers
+from distkm.engine.minibatch import minibatch
 
 logger = logging.getLogger("distkm")
 
@@ -56,7 +59,7 @@ default="k-means++"
         ``distkm.init-oversampling * n_clusters`` candidates in proportion to
         their squared distance to the previous ones, a last pass weights them,
         and k-means++ on the weighted candidates gives the centers (see
-        :func:`distkm.init.kmeans_parallel`). "random" picks ``n_clusters``
+        :func:`distkm.engine.init.kmeans_parallel`). "random" picks ``n_clusters``
         distinct rows.
     n_init : "auto" or int, default="auto"
         Number of initialisations; the run with the lowest inertia is kept.
@@ -80,14 +83,14 @@ default="k-means++"
         Rows k-means++ runs on (default ``distkm.init-sample-size``).
     checkpoint : str or Path, optional
         Folder where the state of the fit is saved after every iteration
-        (zarr + JSON, atomically). A fit given a folder that holds a
+        (JSON and ``.npy`` files, each written atomically). A fit given a folder that holds a
         checkpoint of the same parameters and data resumes from it and ends
         bit-identical to an uninterrupted fit; one made otherwise is refused.
     algorithm : {"lloyd", "minibatch"}, default="lloyd"
         "lloyd": every iteration is a pass over all rows, as scikit-learn's
         ``KMeans``. "minibatch": each step updates the centers from
         ``batch_chunks`` random row chunks, as scikit-learn's
-        ``MiniBatchKMeans`` does from random rows (see :mod:`distkm.minibatch`);
+        ``MiniBatchKMeans`` does from random rows (see :mod:`distkm.engine.minibatch`);
         ``max_iter`` then counts passes over the data, and the run stops early
         when a pass moves the centers by at most the tolerance. One or two
         passes give a usable answer on a huge store; Lloyd's is better.
@@ -97,7 +100,7 @@ default="k-means++"
         Keep the data's chunks in the workers' memory for the fit, so that
         every iteration after the first skips reading and decoding the store.
         "auto" does it when a distributed client is active and the data takes
-        at most 40% of the workers' memory (see :mod:`distkm.cache`). The
+        at most ``distkm.cache-fraction`` of the workers' memory (see :mod:`distkm.engine.cache`). The
         results do not change.
 
     Attributes
@@ -181,25 +184,31 @@ default="k-means++"
         self : KMeans
         """
         self._validate_params()
-        x = as_dask_array(X)
+        cached = X if isinstance(X, CachedRows) else None
+        x = cached.source if cached is not None else as_dask_array(X)
         n_samples, n_features = x.shape
         if n_samples < self.n_clusters:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
         dtype = self._compute_dtype()
         weights = _check_sample_weight(sample_weight, x)
         init, n_init = self._check_init(n_features)
-        split_every = self.split_every or config.get("split-every")
-        block_rows = config.get("block-rows")
+        split_every = self.split_every or config.split_every()
+        block_rows = config.block_rows()
         sample_size = self.init_sample_size or config.get("init-sample-size")
         batch_chunks = self.batch_chunks or config.get("minibatch-chunks")
         random_state = check_random_state(self.random_state)
+        if cached is not None and (self.cache is False or weights is not None or not cached.fits(split_every)):
+            cached = None  # rows held in other blocks (or to be weighted): read them as given
+        if cached is None and self.cache is not False:
+            cached = cache_on_client(x, self.cache, split_every, weights)
         data = x  # labels_ is built on the uncached array: it must not pin the cache in memory
-        x, cached = cache_on_client(x, self.cache, split_every, weights)
+        if cached is not None:
+            x = cached.array
 
         summary = lloyd.summarize(x, weights, split_every=split_every, cached=cached)
         if summary.n_nonfinite:
             raise ValueError(f"X contains {summary.n_nonfinite} NaN or infinite value(s); k-means needs finite data")
-        if cached is not None and not is_held(x):  # said once the rows are known good (a sweep says it once)
+        if cached is not None and not isinstance(X, CachedRows):  # once the rows are known good (a sweep says it)
             logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))
         tol = lloyd.tolerance(summary, self.tol)
 
@@ -277,21 +286,21 @@ default="k-means++"
         """
         x = self._check_test_data(X)
         return self._output(X, lloyd.assign_lazy(x, self.cluster_centers_, self.cluster_centers_.dtype,
-                                                 block_rows=config.get("block-rows")))
+                                                 block_rows=config.block_rows()))
 
     def transform(self, X):
         """Euclidean distance of every row to every center, shape (n_samples, n_clusters)."""
         x = self._check_test_data(X)
         return self._output(X, lloyd.distances_lazy(x, self.cluster_centers_, self.cluster_centers_.dtype,
-                                                    block_rows=config.get("block-rows")))
+                                                    block_rows=config.block_rows()))
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of ``X`` under the fitted centers (one pass)."""
         x = self._check_test_data(X)
         weights = _check_sample_weight(sample_weight, x)
         final = lloyd.final_stats(x, self.cluster_centers_, self.cluster_centers_.dtype, weights=weights,
-                                  split_every=self.split_every or config.get("split-every"),
-                                  block_rows=config.get("block-rows"))
+                                  split_every=self.split_every or config.split_every(),
+                                  block_rows=config.block_rows())
         return -float(final.inertia)
 
     def _fingerprint(self, x, summary, init, n_init, sample_size, split_every, block_rows, weights):
@@ -339,7 +348,7 @@ default="k-means++"
 
     def _check_test_data(self, X):
         check_is_fitted(self)
-        x = as_dask_array(X)
+        x = X.source if isinstance(X, CachedRows) else as_dask_array(X)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input.")
@@ -348,7 +357,7 @@ default="k-means++"
     @staticmethod
     def _output(X, result):
         """numpy in, numpy out; dask, zarr or a path in, lazy dask out."""
-        if isinstance(X, (da.Array, zarr.Array, zarr.Group, str)) or hasattr(X, "__fspath__"):
+        if isinstance(X, (da.Array, zarr.Array, zarr.Group, str, CachedRows)) or hasattr(X, "__fspath__"):
             return result
         return result.compute()
 
@@ -393,3 +402,27 @@ def _print_iteration(record, checkpointed=False):
     saved = ", checkpointed" if checkpointed else ""
     print(f"Iteration {record['iteration']}, inertia {record['inertia']:.6g}, "
           f"center shift {record['center_shift']:.3g}{relocated}{saved}", flush=True)
+
+
+def load_model(run_dir):
+    """A fitted :class:`KMeans` from a run folder written by ``distkm fit``, and its ``model.json``.
+
+    Nothing is unpickled: the centers and the JSON are read and checked
+    (:func:`distkm.io.model.read_model`).
+
+    Returns
+    -------
+    model : KMeans
+    meta : dict
+    """
+    centers, meta = read_model(run_dir)
+    k, d = centers.shape
+    model = KMeans(n_clusters=k, dtype=centers.dtype.name)
+    model.cluster_centers_ = centers
+    model.n_features_in_ = d
+    model._n_features_out = k
+    model.n_iter_ = int(meta.get("n_iter", 0))
+    model.inertia_ = float(meta.get("inertia", np.nan))
+    model.cluster_sizes_ = np.asarray(meta.get("cluster_sizes", []), dtype=np.int64)
+    model.history_ = list(meta.get("history", []))
+    return model, meta

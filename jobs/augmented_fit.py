@@ -8,7 +8,7 @@ Writes the store (skipped if complete), OUT/ with the run and OUT/performance-re
 
 from pathlib import Path
 
-from distkm.jobs import cluster_args, distkm, ensure_mnist, job_parser
+from _common import cluster_args, distkm, ensure_mnist, job_parser
 
 
 def main(argv=None):

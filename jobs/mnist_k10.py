@@ -8,7 +8,7 @@ Writes OUT/ (model, labels, evaluation.json, pictures/, report.md) and OUT/perfo
     python jobs/mnist_k10.py --scheduler tcp://10.0.0.5:8786
 """
 
-from distkm.jobs import cluster_args, distkm, ensure_mnist, job_parser
+from _common import cluster_args, distkm, ensure_mnist, job_parser
 
 
 def main(argv=None):

@@ -6,7 +6,7 @@ Writes OUT/sweep.md, sweep.csv, elbow.png, one run folder per k, and OUT/perform
     python jobs/sweep_k.py --cluster-config cluster-configs/slurm.yaml
 """
 
-from distkm.jobs import cluster_args, distkm, ensure_mnist, job_parser
+from _common import cluster_args, distkm, ensure_mnist, job_parser
 
 
 def main(argv=None):

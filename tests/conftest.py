@@ -5,16 +5,16 @@ computes on a `distributed` cluster of worker processes (or on dask's
 synchronous scheduler where a test compares schedulers).
 """
 
-from pathlib import Path
 
 import dask
 import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from distkm.data import ingest_idx, open_store
+from distkm.io.datasets import SHIPPED_MNIST, ingest_idx
+from distkm.io.stores import open_store
 
-MNIST_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+MNIST_DIR = SHIPPED_MNIST  # the official files that come with the repository
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,7 @@ def mnist_test_store(tmp_path_factory, mnist_store):
     x, y = (open_store(mnist_store, split="test").images.compute(),
             open_store(mnist_store, split="test").labels.compute())
     path = tmp_path_factory.mktemp("data") / "mnist-test.zarr"
-    from distkm.data import write_store
+    from distkm.io.stores import write_store
 
     write_store(path, x, y, {"splits": {"test": [0, len(x)]}, "image_shape": [28, 28]}, chunk_rows=1000)
     return path

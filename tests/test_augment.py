@@ -13,10 +13,10 @@ import zarr
 from distributed import Client, LocalCluster
 
 from distkm import KMeans
-from distkm.augment import augment_store
-from distkm.outputs import partial_path
-from distkm.data import open_store, write_store
-from distkm.distort import Distortions, distort, random_distortions
+from distkm.apps.augment import augment_store
+from distkm.io.outputs import partial_path
+from distkm.io.stores import open_store, write_store
+from distkm.kernels.distort import Distortions, distort, random_distortions
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_printed_resume_command_restates_codec_and_image_shape(tmp_path, mnist_t
     """The resume command a partial store carries gives the same plan, for a non-default codec and shape."""
     import shlex
 
-    from distkm.augment import _command, _plan
+    from distkm.apps.augment import _command, _plan
     from distkm.cli import _parser
 
     x, y = mnist_test

@@ -14,7 +14,7 @@ import zarr
 
 from distkm import KMeans
 from distkm.cli import main
-from distkm.model import load_model
+from distkm.estimator import load_model
 
 from .conftest import random_rows
 
@@ -72,7 +72,7 @@ def test_fit_on_an_existing_scheduler_gives_the_same_bits(fitted_run, cluster, m
 @pytest.mark.parametrize("nbytes, processes", [(10_000 * 784, False), (None, True), (2**40, True)])
 def test_local_cluster_runs_small_data_on_threads(nbytes, processes):
     """Small data: workers as threads of the command (started in ~0.05 s, not ~1.6 s); else worker processes."""
-    from distkm.cluster import dask_client
+    from distkm.cluster.client import dask_client
 
     with dask.config.set({"distkm.local-cluster.dashboard-address": "127.0.0.1:0"}), \
             dask_client(n_workers=2, data_nbytes=nbytes) as client:
@@ -85,7 +85,7 @@ def test_local_cluster_runs_small_data_on_threads(nbytes, processes):
 
 def test_local_cluster_sends_whole_passes_to_the_workers(tmp_path):
     """distkm's LocalCluster does not queue root tasks (distkm.local-cluster.worker-saturation), unless told to."""
-    from distkm.cluster import dask_client
+    from distkm.cluster.client import dask_client
 
     config = tmp_path / "local.yaml"
     config.write_text("type: local\nlocal:\n  dashboard-address: 127.0.0.1:0\n  worker-saturation: 2\n")
@@ -101,7 +101,7 @@ def test_local_cluster_sends_whole_passes_to_the_workers(tmp_path):
 def test_each_local_cluster_gets_its_own_worker_environment(monkeypatch):
     """distributed leaves a nanny's pre-spawn variables in the parent, where they would beat the next
     cluster's config: each cluster's worker processes must see its own, and the parent none of them."""
-    from distkm.cluster import dask_client
+    from distkm.cluster.client import dask_client
 
     monkeypatch.delenv("DISTKM_TEST_VAR", raising=False)
     monkeypatch.setenv("DISTKM_USER_VAR", "from the shell")  # set before: it still wins, and stays

@@ -22,7 +22,7 @@ import zarr
 from distributed import Client
 from distributed.security import Security
 
-from distkm.cluster_config import kubernetes_cluster_spec, load_cluster_config, ssh_cluster_kwargs
+from distkm.cluster.configs import kubernetes_cluster_spec, load_cluster_config, ssh_cluster_kwargs
 
 from .services import dask_processes, make_certificates, slurm
 
@@ -47,7 +47,7 @@ def run_job(store, out, *cluster, timeout=600):
 @pytest.fixture(scope="module")
 def small_mnist(tmp_path_factory, mnist_store):
     """MNIST with train (first 8,000) and test (last 2,000) splits, in 1,000-row chunks: quick jobs."""
-    from distkm.data import open_store, write_store
+    from distkm.io.stores import open_store, write_store
 
     store = open_store(mnist_store)
     x = np.concatenate([store.images[:8000].compute(), store.images[60000:62000].compute()])
@@ -204,7 +204,7 @@ def test_kubernetes_config_renders_the_operator_manifest():
 def test_shipped_slurm_config_renders_a_job_script():
     from dask_jobqueue import SLURMCluster
 
-    from distkm.cluster_config import slurm_cluster_kwargs
+    from distkm.cluster.configs import slurm_cluster_kwargs
 
     _, section = load_cluster_config(ROOT / "cluster-configs" / "slurm.yaml")
     kwargs = slurm_cluster_kwargs(section)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from distkm.data import DATASETS, ingest_idx, md5sum, open_store, read_idx
+from distkm.io.datasets import DATASETS, ingest_idx, md5sum, read_idx
+from distkm.io.stores import open_store
 
 from .conftest import MNIST_DIR
 
@@ -23,8 +24,11 @@ def test_mnist_store_layout(mnist_store):
     assert attrs["complete"] is True
     assert attrs["splits"] == {"train": [0, 60000], "test": [60000, 70000]}
     assert attrs["image_shape"] == [28, 28]
-    expected_md5 = dict(line.split()[::-1] for line in (MNIST_DIR / "MD5SUMS").read_text().splitlines())
-    assert attrs["source"]["md5"] == expected_md5
+    # The official checksums (published with the dataset), written out here to check the built-in ones.
+    assert attrs["source"]["md5"] == {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                                      "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+                                      "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+                                      "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"}
 
 
 def test_store_content_equals_idx_files(mnist_store):
@@ -53,15 +57,15 @@ def test_second_ingest_refused_unless_overwrite(tmp_path):
 def copy_source(tmp_path, only=None):
     src = tmp_path / "src"
     src.mkdir()
-    for f in MNIST_DIR.iterdir():
+    for f in MNIST_DIR.glob("*.gz"):
         if only is None or f.name in only:
             shutil.copy(f, src / f.name)
     return src
 
 
 def test_only_the_splits_present_are_ingested(tmp_path):
-    src = copy_source(tmp_path, only={"MD5SUMS", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"})
-    ingest_idx("mnist", tmp_path / "t.zarr", source=src)
+    src = copy_source(tmp_path, only={"t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"})
+    ingest_idx("mnist", tmp_path / "t.zarr", source=src)  # the .gz files alone: the checksums are built in
     store = open_store(tmp_path / "t.zarr")
     assert store.attrs["splits"] == {"test": [0, 10000]} and store.images.shape == (10000, 784)
 
@@ -121,7 +125,7 @@ def test_bad_stores_are_refused(tmp_path, make, message):
 
 
 def test_an_output_that_appears_meanwhile_is_never_clobbered(tmp_path):
-    from distkm.outputs import atomic_output, replace_path
+    from distkm.io.outputs import atomic_output, replace_path
 
     with pytest.raises(FileExistsError, match="appeared while writing; nothing was replaced"):
         with atomic_output(tmp_path / "out") as tmp:
@@ -133,5 +137,9 @@ def test_an_output_that_appears_meanwhile_is_never_clobbered(tmp_path):
     (tmp_path / "src").mkdir()
     with pytest.raises(FileExistsError):
         replace_path(tmp_path / "src", tmp_path / "out")
+    with pytest.raises(FileExistsError, match="not an output of distkm"):  # overwrite replaces only distkm's own
+        replace_path(tmp_path / "src", tmp_path / "out", overwrite=True)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["theirs"]
+    (tmp_path / "out" / "model.json").write_text('{"format": "distkm-model"}')  # a run folder of distkm's
     replace_path(tmp_path / "src", tmp_path / "out", overwrite=True)
     assert list((tmp_path / "out").iterdir()) == [] and not (tmp_path / "src").exists()

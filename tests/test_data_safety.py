@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from distkm.cli import main
-from distkm.data import write_store
+from distkm.io.stores import write_store
 
 CLUSTER = ["--n-workers", "1", "--quiet"]
 

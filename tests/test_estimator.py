@@ -12,7 +12,7 @@ from distributed import Client, LocalCluster
 from sklearn.cluster import KMeans as SKMeans
 
 from distkm import KMeans
-from distkm.data import open_store
+from distkm.io.stores import open_store
 
 from .conftest import random_rows
 
@@ -171,7 +171,7 @@ def test_iterations_batched_in_one_task_give_the_bits_of_one_task_each(client, t
     inside that task: same centers, inertia and history as one iteration a task (batch-seconds 0)."""
     from distributed import get_task_stream
 
-    from distkm.data import write_store
+    from distkm.io.stores import write_store
 
     X, _ = mnist_test
     if cache:

@@ -6,10 +6,10 @@ import pytest
 from sklearn import metrics
 
 from distkm import KMeans
-from distkm.data import open_store, write_store
-from distkm.evaluate import evaluate_store
-from distkm.sampling import merge_top_rows, random_keys, top_rows
-from distkm.metrics import mapped_accuracy, majority_mapping, scores_from_table
+from distkm.io.stores import open_store, write_store
+from distkm.evaluation.evaluate import evaluate_store
+from distkm.kernels.sampling import merge_top_rows, random_keys, top_rows
+from distkm.evaluation.metrics import mapped_accuracy, majority_mapping, scores_from_table
 
 from .conftest import random_rows
 
@@ -153,7 +153,7 @@ def test_silhouette_is_sklearns_on_the_seeded_sample(model_and_eval, mnist_test)
 
 @pytest.mark.parametrize("dtype, rel", [(np.float64, 1e-12), (np.float32, 1e-5)])
 def test_silhouette_kernel_is_sklearns_with_singletons_gaps_and_duplicates(dtype, rel):
-    from distkm.evaluation_kernels import silhouette_score
+    from distkm.kernels.evaluation import silhouette_score
 
     rng = np.random.RandomState(7)
     X = np.concatenate([rng.normal(c, 1.0, size=(60, 5)) for c in (0.0, 4.0, 9.0)])

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distkm.data import open_store
-from distkm.folders import ingest_image_folder, load_image
+from distkm.io.stores import open_store
+from distkm.apps.ingest import ingest_image_folder
+from distkm.io.folders import load_image
 
 
 def save(path, array):

@@ -1,4 +1,4 @@
-"""k-means|| (distkm.init, distkm.init_kernels) on a real LocalCluster, against brute force and scikit-learn."""
+"""k-means|| (distkm.engine.init, distkm.kernels.kmeans_parallel) on a real LocalCluster, against scikit-learn."""
 
 import dask
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 from sklearn.cluster import KMeans as SKMeans
 
 from distkm import KMeans
-from distkm.init import init_centers
-from distkm.init_kernels import kmeans_parallel_round, merge_round_partials
-from distkm.lloyd import prepare_centers
+from distkm.engine.init import init_centers
+from distkm.kernels.kmeans_parallel import kmeans_parallel_round, merge_round_partials
+from distkm.kernels.assign import prepare_centers
 
 
 def _brute_sq_distances(X, candidates):
@@ -47,11 +47,12 @@ def test_kmeans_parallel_is_as_good_as_kmeans_plusplus(client, mnist_test_store,
 
 
 def test_kmeans_parallel_is_reproducible_on_any_scheduler(client, mnist_test_store):
-    from distkm.data import open_store
+    from distkm.io.stores import open_store
 
     x = open_store(mnist_test_store).images
-    on_cluster = init_centers(x, 10, "k-means||", np.random.RandomState(7))
+    settings = {"split_every": 8, "block_rows": 2048}
+    on_cluster = init_centers(x, 10, "k-means||", np.random.RandomState(7), **settings)
     with dask.config.set(scheduler="sync"):
-        local = init_centers(x.rechunk((1000, 784)), 10, "k-means||", np.random.RandomState(7))
-    one_chunk = init_centers(x.rechunk((x.shape[0], 784)), 10, "k-means||", np.random.RandomState(7))
+        local = init_centers(x.rechunk((1000, 784)), 10, "k-means||", np.random.RandomState(7), **settings)
+    one_chunk = init_centers(x.rechunk((x.shape[0], 784)), 10, "k-means||", np.random.RandomState(7), **settings)
     assert on_cluster.tobytes() == local.tobytes() == one_chunk.tobytes()

@@ -1,11 +1,11 @@
-"""Out-of-core mini-batch k-means (distkm.minibatch) against scikit-learn's update rule."""
+"""Out-of-core mini-batch k-means (distkm.engine.minibatch) against scikit-learn's update rule."""
 
 import dask
 import numpy as np
 from sklearn.cluster import KMeans as SKMeans
 
 from distkm import KMeans
-from distkm.data import open_store
+from distkm.io.stores import open_store
 
 from .conftest import random_rows
 

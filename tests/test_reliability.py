@@ -17,12 +17,12 @@ import zarr
 from distributed import Client, LocalCluster
 
 from distkm import KMeans
-from distkm.augment import augment_store
+from distkm.apps.augment import augment_store
 from distkm.cli import main
-from distkm.cluster import dask_client, report_lost_workers
-from distkm.data import write_store
-from distkm.model import write_labels
-from distkm.outputs import partial_path
+from distkm.cluster.client import dask_client, report_lost_workers
+from distkm.io.stores import write_store
+from distkm.engine.lloyd import write_labels
+from distkm.io.outputs import partial_path
 
 DISTKM = str(Path(sys.executable).with_name("distkm"))
 
@@ -169,7 +169,7 @@ def test_checkpoints_with_several_inits_resume_identically(client, mnist_test_st
     final = json.loads((tmp_path / "full" / "checkpoint.json").read_text())
     assert final["run"] == 2 and final["converged"] and final["iteration"] == 6
     # Stop after each iteration of the second run by raising from the checkpoint writer, then resume.
-    from distkm import checkpoint as ck
+    from distkm.io import checkpoint as ck
 
     original = ck.Checkpoint.save
     for stop_at in (1, 4, 6):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distkm.data import write_store
+from distkm.io.stores import write_store
 
 from .test_cli import run
 
@@ -51,9 +51,9 @@ def test_fit_writes_scores_pictures_and_a_report(run_k10):
 
 def test_members_picture_shows_the_nearest_members(run_k10, mnist_test):
     """The first thumbnail of each row is the member nearest its center: its pixels are in the picture's data."""
-    from distkm.evaluate import evaluate_store
-    from distkm.model import load_model
-    from distkm.pictures import mosaic
+    from distkm.evaluation.evaluate import evaluate_store
+    from distkm.estimator import load_model
+    from distkm.evaluation.pictures import mosaic
 
     out, _ = run_k10
     x, _ = mnist_test
@@ -64,7 +64,7 @@ def test_members_picture_shows_the_nearest_members(run_k10, mnist_test):
     import dask
 
     with dask.config.set(scheduler="sync"):
-        from distkm.data import open_store
+        from distkm.io.stores import open_store
 
         part = evaluate_store(model, open_store(json.loads((out / "model.json").read_text())["data"]["path"]),
                               n_members=3, silhouette_sample=0).splits["test"]
@@ -168,8 +168,8 @@ def test_sweep_caches_its_rows_once_in_blocks_for_every_k(client, mnist_test_sto
     from distributed import get_task_stream
 
     from distkm import KMeans
-    from distkm.data import open_store
-    from distkm.sweep import sweep
+    from distkm.io.stores import open_store
+    from distkm.apps.sweep import sweep
 
     params = {"random_state": 0, "max_iter": 5}
     with get_task_stream() as stream:
@@ -237,7 +237,7 @@ def test_quantize_bad_input(tmp_path):
     cases = [(("quantize", tmp_path / "missing.png", "--k", 2, "--out", tmp_path / "o.png"), "no image or folder"),
              (("quantize", tmp_path / "flag.png", "--k", 5, "--out", tmp_path / "o.png"), "fewer than k=5"),
              (("quantize", tmp_path / "flag.png", "--k", 2, "--out", tmp_path / "o.txt"), "must name an image"),
-             (("quantize", tmp_path / "flag.png", "--k", 2, "--out", tmp_path / "flag.png"), "already exists")]
+             (("quantize", tmp_path / "flag.png", "--k", 2, "--out", tmp_path / "flag.png"), "is the input")]
     for args, message in cases:
         result = run(*args, "--n-workers", 1, check=False)
         assert result.returncode == 1 and message in result.stderr, result.stderr

@@ -5,8 +5,8 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec, TransposeCodec, ZstdCodec
 
-from distkm.data import open_store
-from distkm.zarr_chunks import read_whole_chunk
+from distkm.io.stores import open_store
+from distkm.io.zarr_chunks import read_whole_chunk
 
 
 def _chunk_slices(array):

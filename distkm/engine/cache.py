@@ -3,7 +3,8 @@
 Every Lloyd iteration re-reads and re-decodes the whole store. When the
 raw (uint8) chunks fit comfortably in the cluster's memory, persisting them
 once turns every later pass into pure compute, and several fits on the same
-data (a sweep of k, :func:`held_for_fits`) share that single read. The data
+data (a sweep of k) share that single read: the caller hands the
+:class:`CachedRows` to each fit explicitly (``KMeans().fit(cached)``). The data
 stays distributed: each worker holds the chunks it read, nothing is gathered.
 
 A fit caches its rows in blocks of ``split_every`` row chunks
@@ -18,16 +19,13 @@ uncached pass.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from typing import NamedTuple
 
 from dask.utils import format_bytes
 
-logger = logging.getLogger("distkm")
+from distkm import config
 
-#: Share of the workers' total memory limit the cached chunks may take in "auto" mode.
-#: The rest is for the kernels' temporaries and dask's own bookkeeping.
-AUTO_FRACTION = 0.4
+logger = logging.getLogger("distkm")
 
 
 def cluster_memory(client):
@@ -47,7 +45,7 @@ def should_cache(nbytes, client, mode="auto"):
     client : distributed.Client
     mode : {"auto", True, False}
         ``True``/``False`` force it; ``"auto"`` caches when the data takes at
-        most :data:`AUTO_FRACTION` of the workers' memory.
+        most ``distkm.cache-fraction`` of the workers' memory.
 
     Returns
     -------
@@ -58,25 +56,40 @@ def should_cache(nbytes, client, mode="auto"):
     if mode != "auto":
         raise ValueError(f"cache must be 'auto', True or False, got {mode!r}")
     memory = cluster_memory(client)
-    return memory > 0 and nbytes <= AUTO_FRACTION * memory
+    return memory > 0 and nbytes <= config.cache_fraction() * memory
 
 
-class CachedBlocks(NamedTuple):
-    """Rows (and their weights) persisted in blocks of consecutive row chunks.
+class CachedRows(NamedTuple):
+    """Rows (and their weights) held in the workers' memory in blocks of consecutive row chunks.
+
+    Made by :func:`cache_in_blocks`; hand it to :meth:`distkm.KMeans.fit` in
+    place of the array to fit on rows that are already held (a sweep caches
+    once for every k). The passes then run one task per block.
 
     Attributes
     ----------
+    array : dask.array.Array
+        The rows, chunked as ``source``, read from the blocks in memory (a
+        slice of a block is a view, not a copy).
     blocks : dask.array.Array
         Persisted; block ``i`` holds the row chunks ``chunk_rows[i]``.
     chunk_rows : tuple of tuple of int
         Rows of every row chunk of every block, in order.
+    source : dask.array.Array
+        The rows as they were given (lazy results built on it do not pin the cache).
     weights : dask.array.Array or None
         The sample weights in the same blocks, persisted too.
     """
 
+    array: object
     blocks: object
     chunk_rows: tuple
+    source: object
     weights: object = None
+
+    def fits(self, split_every):
+        """Whether a fit with this fan-in can use the blocks as they are (one block, one first-level node)."""
+        return self.chunk_rows == group_chunks(self.source.chunks[0], split_every)
 
 
 def group_chunks(chunks, split_every):
@@ -90,25 +103,18 @@ def cache_in_blocks(client, x, split_every, mode="auto", *, weights=None):
 
     Returns
     -------
-    x : dask.array.Array
-        Chunked as given; when cached, read from the blocks in memory (a
-        slice of a block is a view, not a copy).
-    cached : CachedBlocks or None
+    CachedRows or None
         ``None`` when not cached, or when ``x`` was already persisted (by
-        the caller): it is used as it is, never held twice. Blocks held for
-        ``x`` by :func:`held_for_fits` are returned as they are.
+        the caller): it is used as it is, never held twice.
     """
-    held = _HELD.get(x.name)
-    if held is not None and weights is None and held.chunk_rows == group_chunks(x.chunks[0], split_every):
-        return x, held
     if _persisted(x) or not _cache_or_say_why(x.nbytes, client, mode):
-        return x, None
-    from .graph import concatenate_chunks
+        return None
+    from distkm.engine.passes import concatenate_chunks
 
     groups = group_chunks(x.chunks[0], split_every)
     blocks = client.persist(concatenate_chunks(x, groups, "cache"))
     block_weights = None if weights is None else client.persist(concatenate_chunks(weights, groups, "cache-weights"))
-    return blocks.rechunk({0: x.chunks[0]}), CachedBlocks(blocks, groups, block_weights)
+    return CachedRows(blocks.rechunk({0: x.chunks[0]}), blocks, groups, x, block_weights)
 
 
 def cache_on_client(x, mode, split_every, weights=None):
@@ -116,50 +122,23 @@ def cache_on_client(x, mode, split_every, weights=None):
 
     Returns
     -------
-    x, cached
-        As :func:`cache_in_blocks`; ``cached`` is ``None`` when ``mode`` is
-        False, without a distributed client, or when another scheduler was chosen.
+    CachedRows or None
+        ``None`` when ``mode`` is False, without a distributed client, when
+        another scheduler was chosen, or when :func:`cache_in_blocks` declines.
     """
     if mode is False:
-        return x, None
+        return None
     try:
         from distributed import default_client
 
         client = default_client()
     except ValueError:  # no distributed client: local threads read numpy or zarr directly
-        return x, None
+        return None
     from dask.base import get_scheduler
 
     if get_scheduler() != client.get:  # another scheduler was chosen (e.g. "sync") while a client exists
-        return x, None
+        return None
     return cache_in_blocks(client, x, split_every, mode=mode, weights=weights)
-
-
-#: Blocks that a caller holds for several fits (:func:`held_for_fits`), by the dask name of the array they cache.
-_HELD = {}
-
-
-@contextmanager
-def held_for_fits(x, cached):
-    """While in the block, fits of ``x`` (the array :func:`cache_in_blocks` returned) use ``cached`` as they are.
-
-    ``distkm sweep`` caches its rows once and fits every k on them: each fit
-    then runs one task per block, as a fit that cached the rows itself, and
-    the rows are held once. ``cached=None`` (not cached) does nothing.
-    """
-    if cached is None:
-        yield
-        return
-    _HELD[x.name] = cached
-    try:
-        yield
-    finally:
-        del _HELD[x.name]
-
-
-def is_held(x):
-    """Whether ``x`` is in blocks that a caller holds (:func:`held_for_fits`)."""
-    return x.name in _HELD
 
 
 def _cache_or_say_why(nbytes, client, mode):
@@ -168,7 +147,7 @@ def _cache_or_say_why(nbytes, client, mode):
         return True
     if mode == "auto":
         logger.info("data (%s) not cached: more than %d%% of the workers' memory (%s); "
-                    "every pass reads the store", format_bytes(nbytes), AUTO_FRACTION * 100,
+                    "every pass reads the store", format_bytes(nbytes), round(config.cache_fraction() * 100),
                     format_bytes(cluster_memory(client)))
     return False
 

@@ -1,6 +1,6 @@
 """Choose k: fit and evaluate a list of k on one store, with one cluster and one read of the data.
 
-The store is cached on the workers when it fits (:mod:`distkm.cache`), so
+The store is cached on the workers when it fits (:mod:`distkm.engine.cache`), so
 the ten or so fits of a sweep read it once. Each k gets a small run folder
 (``k=010/``: model, evaluation) that ``distkm evaluate`` can picture later;
 the sweep itself writes a table and an elbow plot.
@@ -17,12 +17,12 @@ from pathlib import Path
 import dask.array as da
 from dask.utils import format_bytes
 
-from . import config
-from .cache import cache_on_client, held_for_fits
-from .estimator import KMeans
-from .evaluate import evaluate_store
-from .model import save_model
-from .outputs import write_text_atomic
+from distkm import config
+from distkm.engine.cache import cache_on_client
+from distkm.estimator import KMeans
+from distkm.evaluation.evaluate import evaluate_store
+from distkm.io.model import save_model
+from distkm.io.outputs import write_text_atomic
 
 logger = logging.getLogger("distkm")
 
@@ -68,13 +68,13 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
     fit_params : dict, optional
         More :class:`~distkm.KMeans` parameters (``random_state``, ``max_iter``, ``dtype``...).
     silhouette_sample : int, optional
-        See :func:`distkm.evaluate.evaluate_store`.
+        See :func:`distkm.evaluation.evaluate.evaluate_store`.
     seed : int
         Seed of the evaluation's sample.
     on_result : callable, optional
         Called with each row as soon as its k is done.
     cache : {"auto", True, False}
-        Hold the rows of the fitted split on the workers (see :mod:`distkm.cache`),
+        Hold the rows of the fitted split on the workers (see :mod:`distkm.engine.cache`),
         once for every k; the evaluation reads them there too.
 
     Returns
@@ -93,16 +93,15 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
     fit_params = dict(fit_params or {})
     # Cached once, in the blocks a fit would make (one task per block an iteration; a small split is
     # one block, whose iterations then run in batches inside its task), and held for every k.
-    x, blocks = cache_on_client(x, cache, fit_params.get("split_every") or config.get("split-every"))
-    scored = store if blocks is None else _with_rows(store, start, stop, x)
+    cached = cache_on_client(x, cache, fit_params.get("split_every") or config.split_every())
+    scored = store if cached is None else _with_rows(store, start, stop, cached.array)
     rows = []
     for k in ks:
-        model = KMeans(n_clusters=k, **{**fit_params, "cache": blocks is not None})
+        model = KMeans(n_clusters=k, **{**fit_params, "cache": cached is not None})
         began = time.perf_counter()
-        with held_for_fits(x, blocks):
-            model.fit(x)
+        model.fit(x if cached is None else cached)
         fit_seconds = time.perf_counter() - began
-        if blocks is not None and not rows:  # once the first fit has found the rows good
+        if cached is not None and not rows:  # once the first fit has found the rows good
             logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))
         evaluation = evaluate_store(model, scored, mapping_split=split, n_members=0,
                                     silhouette_sample=silhouette_sample, seed=seed)
@@ -153,7 +152,7 @@ def write_sweep(out, rows, *, store, split, pictures=True):
     text = [f"# k-means sweep on `{doc['store']}`" + (f" (fitted on split {split})" if split else ""), "",
             format_table(rows, markdown=True), ""]
     if pictures:
-        from .pictures import plot_sweep
+        from distkm.evaluation.pictures import plot_sweep
 
         plot_sweep(rows, out / "elbow.png")
         text += ["![inertia and scores against k](elbow.png)", ""]

@@ -23,10 +23,12 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from . import chunked, config
-from .data import blosc_compressor, compressor_settings, open_store
-from .distort import random_distortions, distort
-from .outputs import check_not_an_input, check_output_path, partial_path, replace_path
+from distkm import config
+from distkm.io.stores import blosc_compressor, compressor_settings, open_store
+from distkm.kernels.distort import random_distortions, distort
+from distkm.io.outputs import check_not_an_input, check_output_path, partial_path, replace_path
+from distkm.io.stores import chunks_done, create_store, mark_complete, write_chunk
+from distkm.engine.passes import run_chunk_tasks
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,12 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
     check_output_path(out, overwrite=overwrite, inputs=[source])
     check_not_an_input(work, [source])
     resumed = _resume_or_create(work, plan, resume_command=_command(plan, out))
-    done = chunked.chunks_done(work)
+    done = chunks_done(work)
     todo = [i for i in range(plan.n_chunks) if not done[i]]
     rows = [plan.chunk_rows_of(i) for i in todo]
-    chunked.run_chunk_tasks(partial(_augment_chunk, plan=plan, out=str(work)), todo, rows, name="augment",
+    run_chunk_tasks(partial(_augment_chunk, plan=plan, out=str(work)), todo, rows, name="augment",
                             progress=progress, desc="augment")
-    chunked.mark_complete(work)
+    mark_complete(work)
     replace_path(work, out, overwrite=overwrite)
     size = _disk_usage(out)
     raw = plan.n * (int(np.prod(plan.image_shape)) + 1 + 8)
@@ -177,7 +179,7 @@ def _resume_or_create(work, plan, *, resume_command):
     source = zarr.open_group(plan.source, mode="r")
     has_labels = "labels" in source.array_keys()
     splits = {"original": [0, plan.n_originals], "augmented": [plan.n_originals, plan.n]}
-    chunked.create_store(work, n=plan.n, n_features=int(np.prod(plan.image_shape)), chunk_rows=plan.chunk_rows,
+    create_store(work, n=plan.n, n_features=int(np.prod(plan.image_shape)), chunk_rows=plan.chunk_rows,
                          labels=has_labels, source_index=True,
                          compressor=blosc_compressor(plan.compressor),
                          attrs={"image_shape": list(plan.image_shape), "splits": splits, "augment": plan.to_attrs(),
@@ -217,7 +219,7 @@ def _augment_chunk(i, *, plan, out):
         index[n_orig:] = w0 + pick
         if src_labels is not None:
             labels[n_orig:] = src_labels[w0:w1][pick]
-    return chunked.write_chunk(out, i, images, labels if src_labels is not None else None, index)
+    return write_chunk(out, i, images, labels if src_labels is not None else None, index)
 
 
 def _disk_usage(path):

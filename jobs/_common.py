@@ -38,7 +38,7 @@ def cluster_args(args):
 
 def distkm(*argv):
     """Run one ``distkm`` command in this process; stop the job with its exit code if it fails."""
-    from .cli import main
+    from distkm.cli import main
 
     argv = [str(a) for a in argv]
     print(f"$ distkm {' '.join(argv)}", flush=True)

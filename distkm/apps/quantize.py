@@ -27,11 +27,11 @@ from dask.base import tokenize
 import numpy as np
 import zarr
 
-from .data import blosc_compressor, open_store
-from .estimator import KMeans
-from .folders import list_images
-from .kernels import palette_lookup
-from .outputs import atomic_output, check_output_path, write_text_atomic
+from distkm.io.stores import blosc_compressor, open_store
+from distkm.estimator import KMeans
+from distkm.io.folders import list_images
+from distkm.kernels.assign import palette_lookup
+from distkm.io.outputs import atomic_output, check_output_path, write_text_atomic
 
 logger = logging.getLogger("distkm")
 
@@ -234,7 +234,7 @@ def _write_palette(stem, palette, shares, images, *, picture):
                                                 indent=2) + "\n")
     files = [json_path]
     if picture:
-        from .pictures import plot_palette
+        from distkm.evaluation.pictures import plot_palette
 
         files.append(plot_palette(palette, shares, stem.with_suffix(".png")))
     return files

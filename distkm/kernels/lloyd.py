@@ -1,9 +1,9 @@
-"""Array kernels: what one chunk of rows contributes to k-means.
+"""Lloyd statistics: what one chunk of rows contributes to a k-means iteration.
 
 Nothing here imports dask (numpy, and scipy.sparse for the per-cluster
 sums). Every function takes one in-memory chunk (or the small partial
 results of chunks) and returns small numpy results that the
-orchestration in :mod:`distkm.lloyd` combines with a tree reduction, in the
+orchestration in :mod:`distkm.engine.lloyd` combines with a tree reduction, in the
 manner of scikit-learn's ``_update_chunk_dense`` (a chunk's contribution into
 buffers its caller adds up) and dask's ``mean_chunk``/``mean_combine``.
 
@@ -36,13 +36,13 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse
 
+from distkm.kernels.assign import BLOCK_ROWS, nearest_centers, row_blocks
+
+
 #: Largest block for which float32 sums of uint8 values are exact (255 * 65793 < 2**24).
 MAX_EXACT_BLOCK_ROWS = 65536
 
 
-# --------------------------------------------------------------------------- #
-# Data summary: computed once per fit (tolerance, sum of squared norms, checks)
-# --------------------------------------------------------------------------- #
 class DataSummary(NamedTuple):
     """Statistics of the data that do not change between iterations.
 
@@ -83,7 +83,7 @@ def summarize_chunk(X, weights=None, *, block_rows=4096):
     if n <= block_rows:
         return _summarize_block(X, weights)
     return merge_summaries(*(_summarize_block(X[rows], None if weights is None else weights[rows])
-                             for rows in _blocks(n, block_rows)))
+                             for rows in row_blocks(n, block_rows)))
 
 
 #: Rows per block in :func:`_summarize_bytes`: float32 sums of up to 256 squared bytes
@@ -105,7 +105,7 @@ def _summarize_bytes(X, weights=None):
     s1, s2 = np.zeros(d), np.zeros(d)
     sq_norms = None if weights is None else np.empty(n)
     ones = np.ones(BYTE_SUM_ROWS, dtype=np.float32)
-    for rows in _blocks(n, BYTE_SUM_ROWS):
+    for rows in row_blocks(n, BYTE_SUM_ROWS):
         block = X[rows].astype(np.float32)
         m = block.shape[0]
         s1 += ones[:m] @ block
@@ -143,11 +143,6 @@ def _summarize_block(X, weights=None):
     return DataSummary(n, mean, m2, weight_sum, weighted_sq_norm, n_nonfinite)
 
 
-def palette_lookup(labels, palette):
-    """Colour of every pixel from its cluster label (colour quantisation)."""
-    return palette[labels]
-
-
 def merge_summaries(*parts):
     """Combine chunk summaries (Chan et al.'s parallel variance update)."""
     total = parts[0]
@@ -172,9 +167,6 @@ def merge_summaries(*parts):
     return total
 
 
-# --------------------------------------------------------------------------- #
-# Assignment and the partial statistics of one Lloyd iteration
-# --------------------------------------------------------------------------- #
 class PartialStats(NamedTuple):
     """What a chunk contributes to one Lloyd iteration.
 
@@ -194,23 +186,6 @@ class PartialStats(NamedTuple):
     score: float
 
 
-def _blocks(n, block_rows):
-    for start in range(0, n, block_rows):
-        yield slice(start, min(start + block_rows, n))
-
-
-def _assign_block(Xb, centers, half_sq_norms):
-    """Labels and ``min_j (0.5||c_j||^2 - x.c_j)`` for a block already in the compute dtype.
-
-    ``||x||^2`` does not change the argmin, so it is never computed here.
-    """
-    scores = Xb @ centers.T
-    np.subtract(half_sq_norms, scores, out=scores)
-    labels = scores.argmin(axis=1)
-    best = np.take_along_axis(scores, labels[:, None], axis=1)[:, 0]
-    return labels.astype(np.int32, copy=False), best
-
-
 def _membership(labels, k, data):
     """Sparse (k, m) matrix with ``data[i]`` at ``(labels[i], i)``: ``_membership(...) @ X`` sums rows per cluster.
 
@@ -221,7 +196,7 @@ def _membership(labels, k, data):
     return scipy.sparse.csc_matrix((data, labels, np.arange(m + 1)), shape=(k, m))
 
 
-def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=2048):
+def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=BLOCK_ROWS):
     """Partial sums, weights and score of one chunk for one Lloyd iteration.
 
     Parameters
@@ -257,7 +232,7 @@ def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=2048):
     scores = np.empty((block_rows, k), dtype=dtype)
     centers_t = np.ascontiguousarray(centers.T)
     ones = np.ones(block_rows, dtype=dtype)
-    for rows in _blocks(m, block_rows):
+    for rows in row_blocks(m, block_rows):
         n = rows.stop - rows.start
         Xb = block[:n]
         np.copyto(Xb, X[rows], casting="unsafe")  # uint8 -> compute dtype, into the reused buffer
@@ -290,29 +265,6 @@ def merge_partial_stats(*parts):
     return PartialStats(sums, weights, score)
 
 
-def assign_labels(X, centers, half_sq_norms, *, block_rows=2048):
-    """Index of the nearest center for every row of a chunk (int32)."""
-    labels = np.empty(X.shape[0], dtype=np.int32)
-    for rows in _blocks(X.shape[0], block_rows):
-        labels[rows] = _assign_block(X[rows].astype(centers.dtype, copy=False), centers, half_sq_norms)[0]
-    return labels
-
-
-def squared_distances(X, centers, *, block_rows=2048):
-    """Squared euclidean distances of every row to every center, (m, k) in the centers' dtype.
-
-    Computed as ``(x - c)**2`` summed, not through the GEMM expansion, so the
-    values are accurate even in float32.
-    """
-    out = np.empty((X.shape[0], centers.shape[0]), dtype=centers.dtype)
-    for rows in _blocks(X.shape[0], block_rows):
-        Xb = X[rows].astype(centers.dtype, copy=False)
-        for j, c in enumerate(centers):
-            diff = Xb - c
-            out[rows, j] = np.einsum("ij,ij->i", diff, diff)
-    return out
-
-
 class FinalStats(NamedTuple):
     """Inertia and cluster sizes of a chunk under fixed centers.
 
@@ -328,35 +280,7 @@ class FinalStats(NamedTuple):
     sizes: np.ndarray
 
 
-def nearest_centers(X, centers, half_sq_norms, *, block_rows=2048, sum_dtype=np.float64):
-    """Index of the nearest center of every row, and the exact squared distance to it.
-
-    The distance is ``||x - c||^2`` summed from the differences (in
-    ``sum_dtype``), not the GEMM expansion the assignment uses, so it has no
-    cancellation error.
-
-    Returns
-    -------
-    labels : ndarray of shape (m,), int32
-    sq_distances : ndarray of shape (m,), float64
-    """
-    m, d = X.shape[0], centers.shape[1]
-    labels = np.empty(m, dtype=np.int32)
-    sq_distances = np.empty(m, dtype=np.float64)
-    # One buffer for the blocks in the compute dtype, reused as in partial_stats: fresh 6 MB
-    # temporaries per block cost 25 % more (in a worker, 270-300 ms per cached 8-chunk block, now ~205).
-    block = np.empty((max(1, min(block_rows, m)), d), dtype=centers.dtype)
-    for rows in _blocks(m, block_rows):
-        Xb = block[:rows.stop - rows.start]
-        np.copyto(Xb, X[rows], casting="unsafe")
-        labels[rows] = lb = _assign_block(Xb, centers, half_sq_norms)[0]
-        diff = centers[lb]
-        np.subtract(Xb, diff, out=diff)
-        sq_distances[rows] = np.einsum("ij,ij->i", diff, diff, dtype=sum_dtype)
-    return labels, sq_distances
-
-
-def final_stats(X, centers, half_sq_norms, weights=None, *, block_rows=2048):
+def final_stats(X, centers, half_sq_norms, weights=None, *, block_rows=BLOCK_ROWS):
     """Labels of a chunk with its exact inertia and cluster sizes.
 
     Returns
@@ -374,9 +298,6 @@ def merge_final_stats(*parts):
     return FinalStats(sum(p.inertia for p in parts), np.sum([p.sizes for p in parts], axis=0))
 
 
-# --------------------------------------------------------------------------- #
-# Empty clusters: the points farthest from their centers, then sklearn's relocation
-# --------------------------------------------------------------------------- #
 class FarPoints(NamedTuple):
     """The rows of a chunk farthest from their assigned center, farthest first.
 
@@ -391,7 +312,7 @@ class FarPoints(NamedTuple):
     labels: np.ndarray  # (m,) int32
 
 
-def farthest_points(X, centers, half_sq_norms, weights=None, *, n_points, row_offset, block_rows=2048):
+def farthest_points(X, centers, half_sq_norms, weights=None, *, n_points, row_offset, block_rows=BLOCK_ROWS):
     """The ``n_points`` rows of a chunk farthest from their nearest center.
 
     Used only when a cluster went empty, mirroring scikit-learn's

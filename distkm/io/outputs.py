@@ -125,8 +125,9 @@ def _read_json(path):
 
 def _check_replaceable(path):
     if written_by_distkm(path) is None:
-        raise FileExistsError(f"output {str(path)!r} exists and is not an output of distkm; --overwrite replaces only "
-                              "what distkm wrote (a store, a run folder...): remove it yourself or choose another --out")
+        raise FileExistsError(f"output {str(path)!r} exists and is not an output of distkm; --overwrite replaces "
+                              "only what distkm wrote (a store, a run folder...): remove it yourself or choose another "
+                              "--out")
 
 
 def _existing_ancestor(path):

@@ -1,7 +1,7 @@
 """The pictures and the one-page Markdown report of a run folder.
 
-``distkm fit`` and ``distkm evaluate`` call :func:`write_run_report`; it adds
-to the run folder::
+``distkm fit`` and ``distkm evaluate`` call :func:`report_run`, which runs the
+evaluation pass and :func:`write_run_report`; they add to the run folder::
 
     evaluation.json   scores per split, contingency tables, cluster -> class
     pictures/         centroids.png, members*.png, confusion.png, convergence.png
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .outputs import write_text_atomic
+from distkm.io.outputs import write_text_atomic
 
 logger = logging.getLogger("distkm")
 
@@ -42,14 +42,14 @@ def report_run(run_dir, model, meta, store, *, evaluate=True, pictures=True, n_m
         Run the evaluation pass (else only the convergence and centroid pictures and the report).
     pictures : bool
     n_members, silhouette_sample, seed
-        See :func:`distkm.evaluate.evaluate_store`.
+        See :func:`distkm.evaluation.evaluate.evaluate_store`.
 
     Returns
     -------
-    distkm.evaluate.Evaluation or None
+    distkm.evaluation.evaluate.Evaluation or None
     """
-    from . import config
-    from .evaluate import evaluate_store
+    from distkm import config
+    from distkm.evaluation.evaluate import evaluate_store
 
     evaluation = None
     if evaluate:
@@ -92,7 +92,7 @@ def write_run_report(run_dir, meta, model, evaluation=None, *, image_shape=None,
         The run's ``model.json``.
     model : distkm.KMeans
         Fitted.
-    evaluation : distkm.evaluate.Evaluation, optional
+    evaluation : distkm.evaluation.evaluate.Evaluation, optional
     image_shape : tuple, optional
         Shape of a row as an image, or None for non-image data (no image pictures).
     pictures : bool
@@ -117,7 +117,7 @@ def write_run_report(run_dir, meta, model, evaluation=None, *, image_shape=None,
 
 
 def _draw(run_dir, meta, model, evaluation, image_shape):
-    from . import pictures as pics
+    from distkm.evaluation import pictures as pics
 
     # Drawn into a fresh folder that then replaces pictures/: no mix of old and new pages.
     tmp = Path(tempfile.mkdtemp(prefix=f".{PICTURES}.tmp-", dir=run_dir))

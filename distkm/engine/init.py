@@ -20,15 +20,15 @@ from sklearn.cluster import kmeans_plusplus
 from sklearn.utils.random import sample_without_replacement
 from threadpoolctl import threadpool_limits
 
-from . import init_kernels
-from .graph import compute, map_reduce_with_state, row_offsets
-from .lloyd import prepare_centers
+from distkm import kernels
+from distkm.engine.passes import compute, map_reduce_with_state, row_offsets
+from distkm.kernels.assign import prepare_centers
 
 logger = logging.getLogger("distkm")
 
 
 def init_centers(x, n_clusters, init, random_state, *, weights=None, sample_size=20000, dtype=np.float32,
-                 oversampling=2.0, rounds=5, split_every=8, block_rows=2048):
+                 oversampling=2.0, rounds=5, split_every, block_rows):
     """Initial centers for one run.
 
     Parameters
@@ -77,7 +77,7 @@ def init_centers(x, n_clusters, init, random_state, *, weights=None, sample_size
 
 
 def kmeans_parallel(x, n_clusters, random_state, *, weights=None, dtype=np.float32, oversampling=2.0, rounds=5,
-                    split_every=8, block_rows=2048):
+                    split_every, block_rows):
     """k-means|| (scalable k-means++): ``rounds + 1`` passes over all rows, then k-means++ on the candidates.
 
     The first candidate is a row drawn at random; each round draws
@@ -87,7 +87,7 @@ def kmeans_parallel(x, n_clusters, random_state, *, weights=None, dtype=np.float
     and Lloyd on the weighted candidates then give the centers. Each chunk
     keeps the distance to its rows' nearest candidate between passes (on the
     worker), so a pass measures distances to the new candidates only. See
-    :mod:`distkm.init_kernels`.
+    :mod:`distkm.kernels.kmeans_parallel`.
 
     Parameters
     ----------
@@ -122,11 +122,11 @@ def kmeans_parallel(x, n_clusters, random_state, *, weights=None, dtype=np.float
     states, new, cost = None, candidates, None
     for round_number in range(rounds + 1):
         draws = n_draws if round_number < rounds else 0  # the last pass only counts
-        chunk = partial(init_kernels.kmeans_parallel_round, first_candidate=len(candidates) - len(new),
+        chunk = partial(kernels.kmeans_parallel_round, first_candidate=len(candidates) - len(new),
                         n_candidates=len(candidates), n_draws=draws, seed=seed, round_number=round_number,
                         block_rows=block_rows)
         new_states, result = map_reduce_with_state(
-            x, chunk, init_kernels.merge_round_partials, name="kmeans-parallel", state=states,
+            x, chunk, kernels.merge_round_partials, name="kmeans-parallel", state=states,
             constants=prepare_centers(new, dtype), weights=weights, split_every=split_every,
             per_chunk=lambda i: {"row_offset": int(offsets[i])})
         # The states stay on the workers. Unoptimised: fusing would rename the read tasks, and the

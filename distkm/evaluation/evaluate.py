@@ -2,9 +2,9 @@
 
 Every chunk, under the fitted centers, contributes a contingency table
 (cluster x true class), its inertia, its nearest and random members per
-cluster and a slice of a uniform sample (:mod:`distkm.evaluation_kernels`);
+cluster and a slice of a uniform sample (:mod:`distkm.kernels.evaluation`);
 a fixed tree adds them up; the scores come from the tables
-(:mod:`distkm.metrics`). Only tables and a few hundred rows reach the client.
+(:mod:`distkm.evaluation.metrics`). Only tables and a few hundred rows reach the client.
 
 Held-out evaluation: each cluster is mapped to the most frequent true class
 among its members in the *mapping split* (``train`` when the store has one),
@@ -19,14 +19,14 @@ from functools import partial
 
 import numpy as np
 
-from . import config
-from .evaluation_kernels import evaluate_chunk, merge_evaluations, silhouette_score
-from .sampling import TopRows
-from .graph import compute, map_reduce, row_offsets
-from .kernels import assign_labels
-from .lloyd import prepare_centers
-from .metrics import majority_mapping, mapped_accuracy, scores_from_table
-from .outputs import write_text_atomic
+from distkm import config
+from distkm.kernels.evaluation import evaluate_chunk, merge_evaluations, silhouette_score
+from distkm.kernels.sampling import TopRows
+from distkm.engine.passes import compute, map_reduce, row_offsets
+from distkm.kernels.assign import assign_labels
+from distkm.kernels.assign import prepare_centers
+from distkm.evaluation.metrics import majority_mapping, mapped_accuracy, scores_from_table
+from distkm.io.outputs import write_text_atomic
 
 #: Known class names of the shipped datasets (a store may carry its own ``label_names``).
 CLASS_NAMES = {
@@ -50,7 +50,7 @@ class SplitEvaluation:
     table : ndarray of shape (k, n_classes), int64
         Contingency table (one column when the store has no labels).
     scores : dict or None
-        :func:`distkm.metrics.scores_from_table`, plus ``accuracy`` under the
+        :func:`distkm.evaluation.metrics.scores_from_table`, plus ``accuracy`` under the
         mapping learnt on the mapping split; None without labels.
     silhouette : float or None
         Silhouette score of a uniform sample of the split's rows.
@@ -213,13 +213,13 @@ def evaluate_store(model, store, *, mapping_split=None, n_members=20, silhouette
 
 def evaluation_pass(x, y, centers, dtype, *, n_classes, n_members, sample_size, seed, row_offset=0,
                     split_every=None, block_rows=None):
-    """Lazy :class:`~distkm.evaluation_kernels.ChunkEvaluation` of all rows of ``x`` (tasks ``distkm-evaluation``)."""
+    """Lazy :class:`~distkm.kernels.evaluation.ChunkEvaluation` of all rows of ``x`` (tasks ``distkm-evaluation``)."""
     c, half = prepare_centers(centers, dtype)
     offsets = row_offsets(x) + row_offset
     chunk = partial(evaluate_chunk, n_classes=n_classes, n_members=n_members, sample_size=sample_size, seed=seed,
-                    block_rows=block_rows or config.get("block-rows"))
+                    block_rows=block_rows or config.block_rows())
     return map_reduce(x, chunk, merge_evaluations, name="evaluation", constants=(c, half), weights=y,
-                      split_every=split_every or config.get("split-every"),
+                      split_every=split_every or config.split_every(),
                       per_chunk=lambda i: {"row_offset": int(offsets[i])})
 
 

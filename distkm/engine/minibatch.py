@@ -25,13 +25,14 @@ from functools import partial
 
 import numpy as np
 
-from . import kernels
-from .graph import compute, map_reduce
-from .lloyd import LloydResult, prepare_centers
+from distkm import kernels
+from distkm.engine.passes import compute, map_reduce
+from distkm.engine.lloyd import LloydResult
+from distkm.kernels.assign import prepare_centers
 
 
 def minibatch(x, centers, *, summary, max_passes, tol, dtype, random_state, batch_chunks=4, weights=None,
-              split_every=8, block_rows=2048, callback=None):
+              split_every, block_rows, callback=None):
     """Mini-batch k-means over the row chunks of ``x``.
 
     Parameters

@@ -88,8 +88,10 @@ class Checkpoint:
             return None
         try:
             doc = json.loads(self.path.read_text())
-            assert doc["format"] == FORMAT and doc["version"] == VERSION
-        except (OSError, ValueError, KeyError, AssertionError) as e:
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
+                raise ValueError(f"format {doc.get('format') if isinstance(doc, dict) else None!r}, "
+                                 f"expected {FORMAT!r} version {VERSION}")
+        except (OSError, ValueError) as e:
             raise ValueError(f"{self.path} is not a readable distkm checkpoint ({e})") from e
         differ = _differences(doc["fingerprint"], fingerprint)
         if differ:
@@ -130,6 +132,7 @@ class Checkpoint:
         logger.debug("checkpoint written: run %d, iteration %d", state.run, len(state.history))
 
     def remove(self):
+        """Delete the checkpoint folder (once the fit it served is complete)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _write(self, array):

@@ -139,7 +139,7 @@ def tls_security(section):
 
 
 def _environ(section):
-    from . import config
+    from distkm import config
 
     return {**config.get("local-cluster.worker-environ", {}), **section.get("worker-environ", {})}
 

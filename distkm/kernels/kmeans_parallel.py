@@ -15,7 +15,7 @@ Two choices make it cheap and reproducible out-of-core:
   candidates only, not to all of them again.
 * A round draws exactly ``l`` rows by an exponential race: row ``i`` gets the
   key ``-log(u_i) / (w_i d_i^2)``, ``u_i`` a hash of the seed, the round and
-  the global row index (:func:`distkm.sampling.random_keys`); the ``l``
+  the global row index (:func:`distkm.kernels.sampling.random_keys`); the ``l``
   smallest keys are a weighted sample without replacement. It merges as a
   top-``l`` in the tree reduction and does not depend on chunking or workers.
 """
@@ -27,8 +27,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .kernels import _assign_block, _blocks
-from .sampling import TopRows, merge_top_rows, random_keys, top_rows
+from distkm.kernels.assign import BLOCK_ROWS, assign_block, row_blocks
+from distkm.kernels.sampling import TopRows, merge_top_rows, random_keys, top_rows
 
 #: Salt of the round keys (one stream per round: the salt plus the round number).
 _ROUND_SALT = 0x6B6D7C7C
@@ -72,7 +72,7 @@ class RoundPartial(NamedTuple):
 
 
 def kmeans_parallel_round(X, state, new_candidates, half_sq_norms, weights=None, *, first_candidate, n_candidates,
-                          n_draws, seed, round_number, row_offset, block_rows=2048):
+                          n_draws, seed, round_number, row_offset, block_rows=BLOCK_ROWS):
     """Update a chunk's nearest candidates with the new ones, then draw the round's sample.
 
     Parameters
@@ -84,7 +84,7 @@ def kmeans_parallel_round(X, state, new_candidates, half_sq_norms, weights=None,
     new_candidates : ndarray of shape (c, d)
         Candidates added since the previous round, in the compute dtype.
     half_sq_norms : ndarray of shape (c,)
-        ``0.5 * ||c||^2`` of the new candidates (:func:`distkm.lloyd.prepare_centers`), once per round.
+        ``0.5 * ||c||^2`` of the new candidates (:func:`distkm.engine.lloyd.prepare_centers`), once per round.
     weights : ndarray of shape (m,), optional
     first_candidate : int
         Number of the first new candidate (how many there were before).
@@ -111,10 +111,10 @@ def kmeans_parallel_round(X, state, new_candidates, half_sq_norms, weights=None,
     sq_norms, sq_distances, nearest = state.sq_norms, state.sq_distances.copy(), state.nearest.copy()
     dtype = new_candidates.dtype
     block = np.empty((max(1, min(block_rows, m)), X.shape[1]), dtype=dtype)  # reused, as in partial_stats
-    for rows in _blocks(m, block_rows):
+    for rows in row_blocks(m, block_rows):
         Xb = block[:rows.stop - rows.start]
         np.copyto(Xb, X[rows], casting="unsafe")
-        labels, best = _assign_block(Xb, new_candidates, half_sq_norms)
+        labels, best = assign_block(Xb, new_candidates, half_sq_norms)
         # ||x - c||^2 = ||x||^2 + 2 min(0.5||c||^2 - x.c); the rounding of the expansion only nudges
         # the draw probabilities (negative values, for a row that is a candidate, become 0).
         if first:  # in the compute dtype, as the GEMM: 0.4 ms a block, not 1.7 ms summing in float64

@@ -15,8 +15,9 @@ from dask.system import CPU_COUNT
 from dask.utils import parse_bytes, parse_timedelta
 from distributed import Client, LocalCluster
 
-from . import config, dashboard
-from .cluster_config import load_cluster_config
+from distkm import config
+from distkm.cluster import dashboard
+from distkm.cluster.configs import load_cluster_config
 
 logger = logging.getLogger("distkm")
 
@@ -34,7 +35,7 @@ def dask_client(scheduler=None, *, cluster_config=None, timeout=None, n_workers=
         without a config, a LocalCluster is started with the
         ``distkm.local-cluster`` settings.
     cluster_config : str or Path, optional
-        A cluster-config file (see :mod:`distkm.cluster_config`): ``local``,
+        A cluster-config file (see :mod:`distkm.cluster.configs`): ``local``,
         ``address``, ``tls``, ``ssh``, ``slurm`` or ``kubernetes``.
     timeout : str or float, optional
         How long to wait for the scheduler (default ``distkm.scheduler-timeout``).
@@ -53,7 +54,7 @@ def dask_client(scheduler=None, *, cluster_config=None, timeout=None, n_workers=
     kind, section = load_cluster_config(cluster_config) if cluster_config is not None else ("local", {})
     security = None
     if kind == "tls":
-        from .cluster_config import tls_security
+        from distkm.cluster.configs import tls_security
 
         security = tls_security(section)
     if scheduler or kind in ("address", "tls"):
@@ -96,7 +97,7 @@ def _connect(address, timeout, security):
 
 def _start_cluster(kind, section):
     """Start an ssh, slurm or kubernetes cluster; returns it and the number of workers to wait for."""
-    from . import cluster_config as cc
+    from distkm.cluster import configs as cc
 
     if kind == "slurm":
         from dask_jobqueue import SLURMCluster

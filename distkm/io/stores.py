@@ -1,4 +1,4 @@
-"""Image data: IDX files, ingest into zarr v3 stores, and opening data as dask arrays.
+"""The distkm store: a zarr v3 group of images, opened as dask arrays and written whole or chunk by chunk.
 
 A distkm store is a zarr v3 group::
 
@@ -12,11 +12,8 @@ Splits are contiguous row ranges, so a split is a cheap slice of ``images``.
 
 from __future__ import annotations
 
-import datetime
-import gzip
-import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -26,151 +23,16 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from . import config
-from .outputs import atomic_output
-from .zarr_chunks import read_whole_chunk
+from distkm import config
+from distkm.io.zarr_chunks import read_whole_chunk
+
 
 STORE_FORMAT_VERSION = 1
 
-# --------------------------------------------------------------------------- #
-# IDX files
-# --------------------------------------------------------------------------- #
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-def read_idx(path):
-    """Read an IDX file (optionally gzip-compressed) into a numpy array.
-
-    Raises
-    ------
-    ValueError
-        The file is not IDX, is truncated, or is a corrupt gzip stream.
-    """
-    path = Path(path)
-    try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (EOFError, gzip.BadGzipFile, OSError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise ValueError(f"{path}: corrupt or truncated file ({e})") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated IDX header")
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise ValueError(f"{path}: IDX data holds {len(raw) - header} bytes, header says {expected} for shape {shape}")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
-
-
-def md5sum(path, block_size=1 << 20):
-    """MD5 hex digest of a file."""
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(block_size):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_checksums(path):
-    """Parse an ``md5sum`` listing into ``{file name: md5}`` (paths reduced to names)."""
-    sums = {}
-    for line in Path(path).read_text().splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            sums[Path(parts[1].lstrip("*")).name] = parts[0].lower()
-    return sums
-
-
-# --------------------------------------------------------------------------- #
-# Known IDX datasets
-# --------------------------------------------------------------------------- #
-_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-
-
-@dataclass(frozen=True)
-class IdxDataset:
-    """Where an IDX dataset is found and how its files are checked."""
-
-    name: str
-    #: Folders searched in order when no source folder is given.
-    search_dirs: tuple
-    #: Checksum listing used when the folder has no MD5SUMS of its own.
-    fallback_checksums: str | None = None
-    #: split -> (images file, labels file), in the order the splits are stored.
-    splits: dict = field(
-        default_factory=lambda: {
-            "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-            "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-        }
-    )
-    #: What to tell a user whose machine lacks the files.
-    hint: str = ""
-
-
-DATASETS = {
-    "mnist": IdxDataset(
-        "mnist",
-        search_dirs=(Path("../shared/data/mnist"), _PACKAGE_ROOT.parent / "shared" / "data" / "mnist"),
-        hint="pass --source DIR with the four MNIST IDX .gz files and their MD5SUMS",
-    ),
-    "fashion-mnist": IdxDataset(
-        "fashion-mnist",
-        search_dirs=(Path("/usr/share/datasets/fashion-mnist"),),
-        # Debian recompresses the upstream .gz files; dpkg's own list checks them.
-        fallback_checksums="/var/lib/dpkg/info/dataset-fashion-mnist.md5sums",
-        hint="install it with `apt-get install dataset-fashion-mnist`, or pass --source DIR",
-    ),
-}
-
-
-def find_idx_source(dataset, source=None):
-    """Folder holding ``dataset``'s IDX files, and the splits present there.
-
-    Returns
-    -------
-    folder : Path
-    splits : list of str
-        Splits whose image and label files both exist.
-    """
-    spec = DATASETS[dataset]
-    candidates = [Path(source)] if source is not None else [Path(p) for p in spec.search_dirs]
-    for folder in candidates:
-        present = [s for s, files in spec.splits.items() if all((folder / f).is_file() for f in files)]
-        if present:
-            return folder, present
-    looked = ", ".join(repr(str(c.absolute())) for c in candidates)
-    wanted = ", ".join(f for files in spec.splits.values() for f in files)
-    raise FileNotFoundError(f"{dataset} IDX files not found (looked in {looked} for {wanted}); {spec.hint}")
-
-
-def _verify(folder, names, fallback):
-    listing = folder / "MD5SUMS"
-    if not listing.is_file() and fallback and Path(fallback).is_file():
-        listing = Path(fallback)
-    if not listing.is_file():
-        raise FileNotFoundError(f"no checksum list for {folder} (looked for {folder / 'MD5SUMS'}"
-                                f"{' and ' + fallback if fallback else ''})")
-    expected = read_checksums(listing)
-    verified = {}
-    for name in names:
-        if name not in expected:
-            raise ValueError(f"{listing} has no checksum for {name}")
-        actual = md5sum(folder / name)
-        if actual != expected[name]:
-            raise ValueError(f"checksum mismatch for {folder / name}: MD5 {actual}, expected {expected[name]} "
-                             f"(from {listing}); the file is corrupt or truncated")
-        verified[name] = actual
-    return str(listing), verified
-
 
 _BLOSC_CNAMES = ("lz4", "lz4hc", "zstd", "blosclz", "zlib")
+
+
 _BLOSC_SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
 
 
@@ -201,66 +63,6 @@ def blosc_compressor(spec=None):
     return BloscCodec(**compressor_settings(spec))
 
 
-def ingest_idx(dataset, out, *, source=None, chunk_rows=None, compressor=None, overwrite=False):
-    """Write an IDX dataset (MNIST, Fashion-MNIST) into a distkm zarr store.
-
-    Every split present in the source folder is stored, one after the other,
-    in ``images``/``labels``; their row ranges go in the store's attributes.
-    Checksums are verified first; the store appears at ``out`` only once
-    complete.
-
-    Parameters
-    ----------
-    dataset : {"mnist", "fashion-mnist"}
-    out : str or Path
-        The zarr store to create.
-    source : str or Path, optional
-        Folder with the IDX ``.gz`` files (default: the dataset's known places).
-    chunk_rows : int, optional
-        Rows per chunk (default ``distkm.chunk-rows``).
-    compressor : str or dict, optional
-        Blosc settings such as ``"lz4hc:5"`` (default ``distkm.compressor``).
-    overwrite : bool
-        Replace an existing store at ``out``.
-
-    Returns
-    -------
-    dict
-        The store's ``distkm`` attributes.
-    """
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(DATASETS)}")
-    chunk_rows = _positive_int(chunk_rows or config.get("chunk-rows"), "chunk_rows")
-    spec = DATASETS[dataset]
-    compressor = compressor_settings(compressor)
-    folder, present = find_idx_source(dataset, source)
-    names = [f for s in present for f in spec.splits[s]]
-    with atomic_output(out, overwrite=overwrite, inputs=[folder]) as tmp:
-        listing, verified = _verify(folder, names, spec.fallback_checksums)
-        images, labels, splits = [], [], {}
-        start = 0
-        for split in present:
-            image_file, label_file = spec.splits[split]
-            x, y = read_idx(folder / image_file), read_idx(folder / label_file)
-            if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
-                raise ValueError(f"{folder}: {image_file} {x.shape} and {label_file} {y.shape} do not match")
-            images.append(x.reshape(x.shape[0], -1))
-            labels.append(y)
-            splits[split] = [start, start + x.shape[0]]
-            start += x.shape[0]
-        image_shape = list(x.shape[1:])
-        attrs = {
-            "format_version": STORE_FORMAT_VERSION,
-            "image_shape": image_shape,
-            "splits": splits,
-            "source": {"dataset": dataset, "folder": str(folder.resolve()), "checksums": listing, "md5": verified},
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_store(tmp, np.concatenate(images), np.concatenate(labels), attrs, chunk_rows=chunk_rows,
-                    compressor=compressor)
-    return attrs
-
-
 def write_store(path, images, labels, attrs, *, chunk_rows, compressor=None):
     """Write in-memory ``images`` (and ``labels``) as a distkm store at ``path``, then mark it complete."""
     group = zarr.open_group(path, mode="w", zarr_format=3)
@@ -277,9 +79,6 @@ def write_store(path, images, labels, attrs, *, chunk_rows, compressor=None):
     group.attrs["distkm"] = {**attrs, "complete": True}
 
 
-# --------------------------------------------------------------------------- #
-# Opening data
-# --------------------------------------------------------------------------- #
 @dataclass
 class ImageStore:
     """A distkm store opened lazily: dask arrays over the zarr arrays."""
@@ -440,7 +239,47 @@ def as_dask_array(X, *, name="X"):
     return da.from_array(X, chunks=(config.get("chunk-rows"), -1))
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+def create_store(path, *, n, n_features, chunk_rows, attrs, labels=True, source_index=False, compressor=None):
+    """Create an empty, incomplete distkm store (images n x d uint8, labels, optional source_index)."""
+    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group.attrs["distkm"] = {"format_version": STORE_FORMAT_VERSION, **attrs, "complete": False}
+    common = dict(compressors=compressor or blosc_compressor(), config={"write_empty_chunks": True})
+    group.create_array("images", shape=(n, n_features), chunks=(chunk_rows, n_features), dtype="uint8",
+                       dimension_names=["sample", "feature"], **common)
+    if labels:
+        group.create_array("labels", shape=(n,), chunks=(chunk_rows,), dtype="uint8", dimension_names=["sample"],
+                           **common)
+    if source_index:
+        group.create_array("source_index", shape=(n,), chunks=(chunk_rows,), dtype="int64",
+                           dimension_names=["sample"], **common)
+    return group
+
+
+def chunks_done(path):
+    """Boolean per row chunk: is the chunk completely written?"""
+    images = zarr.open_array(Path(path) / "images", mode="r")
+    n_chunks = images.cdata_shape[0]
+    return np.array([os.path.exists(Path(path) / "images" / images.metadata.encode_chunk_key((i, 0)))
+                     for i in range(n_chunks)], dtype=bool)
+
+
+def write_chunk(path, i, images, labels=None, source_index=None):
+    """Write row chunk ``i`` of a store: labels and source_index first, images last (the completion mark)."""
+    group = zarr.open_group(path, mode="r+")
+    rows = slice(i * group["images"].chunks[0], i * group["images"].chunks[0] + images.shape[0])
+    if labels is not None and "labels" in group:
+        group["labels"][rows] = labels
+    if source_index is not None and "source_index" in group:
+        group["source_index"][rows] = source_index
+    group["images"][rows] = images
+    return images.shape[0]
+
+
+def mark_complete(path, **extra):
+    """Flag the store complete (after checking that every chunk is there)."""
+    done = chunks_done(path)
+    if not done.all():
+        raise RuntimeError(f"{path}: {int((~done).sum())} chunk(s) missing; the store stays incomplete")
+    group = zarr.open_group(path, mode="r+")
+    attrs = {k: v for k, v in group.attrs["distkm"].items() if k != "resume_command"}
+    group.attrs["distkm"] = {**attrs, **extra, "complete": True}

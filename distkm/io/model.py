@@ -18,11 +18,8 @@ import platform
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import zarr
-
-from .estimator import KMeans
 
 MODEL_FORMAT = "distkm-model"
 MODEL_FORMAT_VERSION = 1
@@ -84,8 +81,16 @@ def save_model(run_dir, model, *, data=None, extra=None):
     return doc
 
 
-def load_model(run_dir):
-    """Load a run folder's model as a fitted :class:`~distkm.KMeans`, checking everything it reads.
+def read_model(run_dir):
+    """Read a run folder's centers and ``model.json``, checking everything it reads.
+
+    :func:`distkm.estimator.load_model` makes a fitted estimator of them.
+
+    Returns
+    -------
+    centers : ndarray of shape (n_clusters, n_features), float32 or float64
+    meta : dict
+        The contents of ``model.json``.
 
     Raises
     ------
@@ -121,26 +126,5 @@ def load_model(run_dir):
         raise ValueError(f"{centers_path} has shape {centers.shape}, but model.json says ({k}, {d})")
     if centers.dtype not in (np.float32, np.float64) or not np.isfinite(centers).all():
         raise ValueError(f"{centers_path} must hold finite float32/float64 centers (got {centers.dtype})")
-    model = KMeans(n_clusters=k, dtype=centers.dtype.name)
-    model.cluster_centers_ = centers
-    model.n_features_in_ = d
-    model._n_features_out = k
-    model.n_iter_ = int(meta.get("n_iter", 0))
-    model.inertia_ = float(meta.get("inertia", np.nan))
-    model.cluster_sizes_ = np.asarray(meta.get("cluster_sizes", []), dtype=np.int64)
-    model.history_ = list(meta.get("history", []))
-    return model, meta
+    return centers, meta
 
-
-def write_labels(path, labels, *, attrs=None):
-    """Write lazy labels (a 1-D dask array) to a zarr array, chunk by chunk on the workers."""
-    chunk = max(labels.chunks[0])
-    z = zarr.create_array(path, shape=labels.shape, chunks=(chunk,), dtype=labels.dtype,
-                          dimension_names=["sample"], attributes={"distkm": "labels", **(attrs or {})})
-    from .graph import compute
-
-    job = da.store(labels.rechunk(chunk), z, lock=False, compute=False)
-    # optimize_graph=False: dask would otherwise fuse the labels tasks into the reads, and the
-    # dashboard would show neither distkm-labels nor the progress of that pass.
-    compute(job, label="labels pass", optimize_graph=False)
-    return z

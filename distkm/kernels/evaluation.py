@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .kernels import _blocks, nearest_centers
-from .sampling import TopRows, merge_top_rows, random_keys, top_rows  # noqa: F401 (TopRows: part of the results)
+from distkm.kernels.assign import BLOCK_ROWS, nearest_centers, row_blocks
+from distkm.kernels.sampling import TopRows, merge_top_rows, random_keys, top_rows  # noqa: F401 (TopRows: part of the results)
 
 #: Salts that make the member and sample keys independent streams of one seed.
 _MEMBERS_SALT = 0x6D656D62
@@ -52,7 +52,7 @@ class ChunkEvaluation(NamedTuple):
 
 
 def evaluate_chunk(X, centers, half_sq_norms, y=None, *, n_classes, n_members, sample_size, seed, row_offset,
-                   block_rows=2048):
+                   block_rows=BLOCK_ROWS):
     """Evaluation statistics of one chunk under fixed centers, see :class:`ChunkEvaluation`.
 
     Parameters
@@ -139,7 +139,7 @@ def silhouette_score(X, labels, *, block_rows=1024):
     one_hot[np.arange(n), labels] = 1.0
     sq_norms = np.einsum("ij,ij->i", X, X)
     sums = np.empty(one_hot.shape)
-    for rows in _blocks(n, block_rows):
+    for rows in row_blocks(n, block_rows):
         d = X[rows] @ X.T
         d *= -2
         d += sq_norms[rows, None]

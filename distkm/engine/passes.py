@@ -24,6 +24,7 @@ import uuid
 from functools import partial
 from operator import getitem
 
+import dask
 import dask.array as da
 import numpy as np
 from dask.core import flatten, istask
@@ -40,7 +41,7 @@ def row_offsets(x):
     return np.concatenate(([0], np.cumsum(x.chunks[0])[:-1])).astype(np.int64)
 
 
-def map_reduce(x, chunk, combine, *, name, constants=(), weights=None, split_every=8, per_chunk=None):
+def map_reduce(x, chunk, combine, *, name, constants=(), weights=None, split_every, per_chunk=None):
     """Lazy result of ``combine`` over ``chunk`` applied to every row chunk of ``x``.
 
     Parameters
@@ -72,7 +73,7 @@ def map_reduce(x, chunk, combine, *, name, constants=(), weights=None, split_eve
     return Delayed(final, HighLevelGraph.from_collections(final, layer, dependencies=deps))
 
 
-def map_reduce_with_state(x, chunk, combine, *, name, state=None, constants=(), weights=None, split_every=8,
+def map_reduce_with_state(x, chunk, combine, *, name, state=None, constants=(), weights=None, split_every,
                           per_chunk=None):
     """A :func:`map_reduce` whose chunks also carry a state from one pass to the next.
 
@@ -253,3 +254,39 @@ def compute(*jobs, label=None, optimize_graph=True):
                 print(f"{label}: {time.perf_counter() - started:.1f} s", flush=True)
             return results
     return dask.compute(*jobs, optimize_graph=optimize_graph)
+
+
+def run_chunk_tasks(task, chunk_ids, rows, *, name, progress=True, desc="rows"):
+    """Run ``task(i)`` for every chunk id on the current dask scheduler, with a progress bar of rows.
+
+    Parameters
+    ----------
+    task : callable
+        ``task(i) -> rows written``; runs on a worker.
+    chunk_ids : list of int
+    rows : list of int
+        Rows each chunk will write (for the progress bar).
+    name : str
+        Task name shown on the dashboard (``distkm-<name>``).
+    """
+    from tqdm.auto import tqdm
+
+    if not chunk_ids:
+        return
+    token = uuid.uuid4().hex
+    run = dask.delayed(task, pure=False)
+    jobs = [run(i, dask_key_name=(f"distkm-{name}-{token}", i)) for i in chunk_ids]
+    try:
+        from distributed import as_completed, get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        client = None
+    bar = tqdm(total=int(sum(rows)), unit=" rows", unit_scale=True, desc=desc, disable=not progress, smoothing=0.1)
+    with bar:
+        if client is None:  # dask's local scheduler: the bar moves once, at the end
+            bar.update(sum(dask.compute(*jobs)))
+            return
+        for future in as_completed(client.compute(jobs)):
+            bar.update(future.result())
+            future.release()

@@ -3,7 +3,7 @@
 One iteration is one pass over the data: every chunk, on the worker that
 reads it, turns the current centers into partial per-cluster sums, weights
 and a score (:func:`distkm.kernels.partial_stats`); a fixed tree adds the
-partials up (:func:`distkm.graph.map_reduce`); the client divides, relocates
+partials up (:func:`distkm.engine.passes.map_reduce`); the client divides, relocates
 empty clusters and checks convergence. Only the k x d partials ever travel.
 When a pass is a single task anyway (small data), that task runs a batch of
 iterations itself (``distkm.iteration-batch-seconds``), with the same steps.
@@ -24,9 +24,11 @@ from functools import partial
 import dask
 import dask.array as da
 import numpy as np
+import zarr
 
-from . import config, kernels
-from .graph import compute, map_reduce, row_offsets
+from distkm import config, kernels
+from distkm.kernels.assign import prepare_centers
+from distkm.engine.passes import compute, map_reduce, row_offsets
 
 logger = logging.getLogger("distkm")
 
@@ -54,15 +56,7 @@ class LloydResult:
     history: list = field(default_factory=list)
 
 
-def prepare_centers(centers, dtype):
-    """Centers in the compute dtype with ``0.5 * ||c||^2``, computed once per iteration."""
-    c = np.ascontiguousarray(centers, dtype=dtype)
-    # From the cast centers, so that every pass using the same centers assigns alike.
-    half_sq_norms = (0.5 * np.einsum("ij,ij->i", c, c, dtype=np.float64)).astype(dtype)
-    return c, half_sq_norms
-
-
-def summarize(x, weights=None, *, split_every=8, cached=None):
+def summarize(x, weights=None, *, split_every, cached=None):
     """The :class:`~distkm.kernels.DataSummary` of the data (one pass; over the blocks when ``cached``)."""
     data, data_weights, chunk, per_chunk = _over(x, weights, kernels.summarize_chunk, kernels.merge_summaries, cached)
     job = map_reduce(data, chunk, kernels.merge_summaries, name="summary", weights=data_weights,
@@ -81,7 +75,7 @@ def _over(x, weights, chunk, combine, cached):
     Returns
     -------
     data, weights, chunk, per_chunk
-        Arguments of :func:`distkm.graph.map_reduce`.
+        Arguments of :func:`distkm.engine.passes.map_reduce`.
     """
     if cached is None:
         return x, weights, chunk, None
@@ -110,7 +104,7 @@ def tolerance(summary, tol):
     return float(np.mean(summary.m2 / summary.n) * tol)
 
 
-def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_every=8, block_rows=2048,
+def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_every, block_rows,
           callback=None, history=None, converged=False, on_iteration=None, cached=None):
     """Run Lloyd iterations from ``centers`` until the tolerance or ``max_iter``.
 
@@ -142,7 +136,7 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     on_iteration : callable, optional
         ``on_iteration(centers, history, converged)`` after every iteration
         (the checkpoint is written there).
-    cached : distkm.cache.CachedBlocks, optional
+    cached : distkm.engine.cache.CachedRows, optional
         ``x`` and ``weights`` held in memory in blocks of ``split_every``
         chunks: the iterations then run one task per block (same results to the bit, see :func:`_over`).
 
@@ -153,9 +147,11 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     Notes
     -----
     When a pass is one task (one chunk, or one cached block), iterations run
-    in batches inside that task (``distkm.iteration-batch-seconds``); then
-    ``callback`` and ``on_iteration`` follow batch by batch, and a record's
-    ``seconds`` is its batch's time shared by its iterations.
+    in batches inside that task (``distkm.iteration-batch-seconds``), with
+    the same :func:`lloyd_step`: ``callback`` gets the same records either
+    way (a record's ``seconds`` is its own compute time plus its share of the
+    batch's round trip), and ``on_iteration`` (the checkpoint) sees the state
+    after each batch.
     """
     centers = np.array(centers, dtype=np.float64)
     data, data_weights, chunk, per_chunk = _over(x, weights, partial(kernels.partial_stats, block_rows=block_rows),
@@ -171,7 +167,7 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
             batch = partial(_iterations_in_task, pass_stats=chunk, dtype=dtype, tol=tol, seconds=batch_seconds,
                             weighted_sq_norm=summary.weighted_sq_norm, max_iter=max_iter - len(history))
             job = map_reduce(data, batch, None, name="partial-stats", constants=(centers,), weights=data_weights,
-                             per_chunk=per_chunk)
+                             split_every=split_every, per_chunk=per_chunk)
             centers, records, stats = compute(job)[0]
         if batch_seconds == 0 or stats is not None:  # an iteration on the client (relocating empty clusters)
             c, half = prepare_centers(centers, dtype)
@@ -182,16 +178,18 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
             n_empty = int(np.count_nonzero(stats.weights == 0))
             far = farthest_points(x, c, half, n_empty, weights=weights, split_every=split_every,
                                   block_rows=block_rows) if n_empty else None
-            centers, record = _step(centers, stats, summary.weighted_sq_norm, far)
+            centers, record = lloyd_step(centers, stats, summary.weighted_sq_norm, far)
             if n_empty:
                 logger.info("iteration %d: %d empty cluster(s) %s moved to the farthest points",
                             len(history) + len(records) + 1, n_empty, record["relocated"])
+            record["seconds"] = 0.0
             records.append(record)
-        seconds = (time.perf_counter() - started) / len(records)  # a batch's round trip shared by its iterations
+        # What the task did not measure (the round trip; the client's whole iteration) is shared by the records.
+        overhead = (time.perf_counter() - started - sum(r["seconds"] for r in records)) / len(records)
         for record in records:
-            record.update(iteration=len(history) + 1, seconds=seconds)
+            record.update(iteration=len(history) + 1, seconds=record["seconds"] + overhead)
             history.append(record)
-        converged = history[-1]["center_shift"] <= tol
+        converged = has_converged(history[-1], tol)
         if on_iteration is not None:
             on_iteration(centers, history, converged or len(history) == max_iter)
         if callback is not None:
@@ -200,11 +198,21 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     return LloydResult(centers, len(history), converged, history)
 
 
-def _step(centers, stats, weighted_sq_norm, far=None):
-    """The next centers from a pass's :class:`~distkm.kernels.PartialStats`, and the iteration's record.
+def lloyd_step(centers, stats, weighted_sq_norm, far=None):
+    """One Lloyd iteration: the next centers from a pass's :class:`~distkm.kernels.PartialStats`, and its record.
 
-    ``far`` (:func:`farthest_points`) gives the points that empty clusters
-    move to; without it, empty clusters keep their centers.
+    The one place where an iteration's arithmetic is written: the client loop
+    and the iterations batched inside a task both call it, so both give the
+    same centers to the bit. ``far`` (:func:`farthest_points`) gives the
+    points that empty clusters move to; without it, empty clusters keep
+    their centers.
+
+    Returns
+    -------
+    centers : ndarray of shape (k, d), float64
+    record : dict
+        ``inertia`` (of the assignment to ``centers``), ``center_shift``
+        (squared), ``relocated``; ``iteration`` and ``seconds`` are left to the loop.
     """
     relocated = []
     if far is not None:
@@ -215,11 +223,16 @@ def _step(centers, stats, weighted_sq_norm, far=None):
     return new_centers, record
 
 
+def has_converged(record, tol):
+    """scikit-learn's rule: the squared center shift is at most ``tol`` (unchanged labels give 0)."""
+    return record["center_shift"] <= tol
+
+
 def _iterations_in_task(X, centers, weights, *, pass_stats, dtype, weighted_sq_norm, tol, max_iter, seconds,
                         **pass_kwargs):
     """Lloyd iterations inside one task, for data that a pass reads in one task anyway.
 
-    They run as the client would run them (same kernel, same :func:`_step`,
+    They run as the client would run them (same kernel, same :func:`lloyd_step`,
     hence the same centers to the bit) for up to ``seconds``, then report:
     a round trip per batch instead of one per iteration, which is most of a
     small job's iteration. An iteration that finds an empty cluster is left
@@ -230,25 +243,27 @@ def _iterations_in_task(X, centers, weights, *, pass_stats, dtype, weighted_sq_n
     -------
     centers : ndarray of shape (k, d)
     records : list of dict
-        One per iteration run (``iteration`` and ``seconds`` left to the client).
+        One per iteration run, with its ``seconds`` in the task (``iteration`` is left to the client).
     empty : PartialStats or None
         The statistics of ``centers`` when they left a cluster empty (the batch stopped there).
     """
     records = []
     deadline = time.perf_counter() + seconds
     while len(records) < max_iter:
+        started = time.perf_counter()
         c, half = prepare_centers(centers, dtype)
         stats = pass_stats(X, c, half, weights, **pass_kwargs)
         if not stats.weights.all():
             return centers, records, stats
-        centers, record = _step(centers, stats, weighted_sq_norm)
+        centers, record = lloyd_step(centers, stats, weighted_sq_norm)
+        record["seconds"] = time.perf_counter() - started
         records.append(record)
-        if record["center_shift"] <= tol or time.perf_counter() >= deadline:
+        if has_converged(record, tol) or record["seconds"] + started >= deadline:
             break
     return centers, records, None
 
 
-def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_every=8, block_rows=2048):
+def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_every, block_rows):
     """The ``n_points`` rows farthest from their nearest center (one pass; used for empty clusters)."""
     offsets = row_offsets(x)
     chunk = partial(kernels.farthest_points, n_points=n_points, block_rows=block_rows)
@@ -258,7 +273,7 @@ def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_
     return compute(job, label="farthest points pass")[0]
 
 
-def final_stats(x, centers, dtype, *, weights=None, split_every=8, block_rows=2048, cached=None):
+def final_stats(x, centers, dtype, *, weights=None, split_every, block_rows, cached=None):
     """Exact inertia and cluster sizes of the data under fixed centers (one pass; over the blocks when ``cached``)."""
     c, half = prepare_centers(centers, dtype)
     data, data_weights, chunk, per_chunk = _over(x, weights, partial(_final_stats_only, block_rows=block_rows),
@@ -272,7 +287,7 @@ def _final_stats_only(X, centers, half_sq_norms, weights=None, *, block_rows):
     return kernels.final_stats(X, centers, half_sq_norms, weights, block_rows=block_rows)[1]
 
 
-def assign_lazy(x, centers, dtype, *, block_rows=2048):
+def assign_lazy(x, centers, dtype, *, block_rows):
     """Lazy labels of every row: a dask array chunked like ``x``'s rows (tasks ``distkm-labels``)."""
     c, half = prepare_centers(centers, dtype)
     token = dask.base.tokenize(x, c, block_rows)
@@ -280,7 +295,7 @@ def assign_lazy(x, centers, dtype, *, block_rows=2048):
                         drop_axis=1, dtype=np.int32, name=f"distkm-labels-{token}", meta=np.empty((0,), np.int32))
 
 
-def distances_lazy(x, centers, dtype, *, block_rows=2048):
+def distances_lazy(x, centers, dtype, *, block_rows):
     """Lazy euclidean distances of every row to every center, (n, k) (tasks ``distkm-distances``)."""
     c = np.ascontiguousarray(centers, dtype=dtype)
     token = dask.base.tokenize(x, c, block_rows)
@@ -288,3 +303,15 @@ def distances_lazy(x, centers, dtype, *, block_rows=2048):
                       chunks=(x.chunks[0], (c.shape[0],)), dtype=c.dtype, name=f"distkm-distances-{token}",
                       meta=np.empty((0, 0), c.dtype))
     return da.sqrt(sq)
+
+
+def write_labels(path, labels, *, attrs=None):
+    """Write lazy labels (a 1-D dask array) to a zarr array, chunk by chunk on the workers."""
+    chunk = max(labels.chunks[0])
+    z = zarr.create_array(path, shape=labels.shape, chunks=(chunk,), dtype=labels.dtype,
+                          dimension_names=["sample"], attributes={"distkm": "labels", **(attrs or {})})
+    job = da.store(labels.rechunk(chunk), z, lock=False, compute=False)
+    # optimize_graph=False: dask would otherwise fuse the labels tasks into the reads, and the
+    # dashboard would show neither distkm-labels nor the progress of that pass.
+    compute(job, label="labels pass", optimize_graph=False)
+    return z

@@ -1,0 +1,1 @@
+"""Applications built on the estimator: sweep of k, colour quantisation, augmentation, folder ingest."""

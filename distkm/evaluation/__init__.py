@@ -1,0 +1,1 @@
+"""Scoring a fitted model: metrics, the evaluation pass, report and pictures."""

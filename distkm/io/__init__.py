@@ -1,0 +1,1 @@
+"""Reading and writing: distkm stores, datasets, image folders, atomic outputs, run folders, checkpoints."""

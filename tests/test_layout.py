@@ -1,0 +1,46 @@
+"""The layers of the package, checked from the source: kernels import no dask, nothing imports upward."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "distkm"
+
+#: What each subpackage may import from distkm (besides itself and distkm.config).
+ALLOWED = {
+    "kernels": set(),
+    "io": set(),
+    "cluster": set(),
+    "engine": {"kernels", "io"},
+    "evaluation": {"kernels", "engine", "io"},
+    "apps": {"kernels", "engine", "io", "evaluation", "estimator", "cluster"},
+}
+
+
+def imports(path):
+    """Top-level module names imported by a file (every import, module level or in functions)."""
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                raise AssertionError(f"{path}: relative import (use distkm.<subpackage>)")
+            yield node.module
+            if node.module == "distkm":  # from distkm import kernels
+                yield from (f"distkm.{alias.name}" for alias in node.names)
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "kernels").glob("*.py")), ids=lambda p: p.name)
+def test_kernels_import_only_numpy_and_scipy(path):
+    third_party = {name.split(".")[0] for name in imports(path)} - {"distkm", "__future__"}
+    assert third_party <= {"numpy", "scipy", "typing", "dataclasses", "functools", "math"}, third_party
+
+
+@pytest.mark.parametrize("subpackage", sorted(ALLOWED))
+def test_nothing_imports_upward(subpackage):
+    for path in (PACKAGE / subpackage).glob("*.py"):
+        used = {name.split(".")[1] for name in imports(path) if name.startswith("distkm.")}
+        upward = used - ALLOWED[subpackage] - {subpackage, "config"}
+        assert not upward, f"{path.relative_to(PACKAGE.parent)} imports {sorted(upward)}"
