@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -42,7 +42,7 @@ def main(argv=None):
     except Exception as e:
         if args.debug:
             raise
-        print(f"distkm: error: {_one_line(e)}", file=sys.stderr)
+        print(f"distkm: error: {_as_flags(_one_line(e), parser)}", file=sys.stderr)
         return EXIT_ERROR
 
 
@@ -70,6 +70,29 @@ class _StderrHandler(logging.StreamHandler):
     @stream.setter
     def stream(self, value):
         pass
+
+
+def _as_flags(text, parser):
+    """The library names its parameters (``overwrite=True``, ``n must ...``); the command line has flags.
+
+    ``name=True`` becomes ``--name``, ``name=VALUE`` (a placeholder in capitals)
+    ``--name VALUE``, and a leading ``name must``/``needs`` ``--name ...``,
+    for the names that are options of some command.
+    """
+    flags = {action.dest for sub in _subparsers(parser) for action in sub._actions if action.option_strings}
+
+    def flag(name):
+        return f"--{name.replace('_', '-')}" if name in flags else None
+
+    text = re.sub(r"\b([a-z][a-z_]*)=True\b", lambda m: flag(m[1]) or m[0], text)
+    text = re.sub(r"\b([a-z][a-z_]*)=(?=[A-Z][A-Za-z]*\b)", lambda m: f"{flag(m[1])} " if flag(m[1]) else m[0], text)
+    return re.sub(r"^([a-z][a-z_]*)(?= (must|needs) )", lambda m: flag(m[1]) or m[0], text)
+
+
+def _subparsers(parser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            yield from action.choices.values()
 
 
 def _one_line(error):
@@ -121,65 +144,30 @@ def _ingest_folder(args):
 # distkm fit
 # --------------------------------------------------------------------------- #
 def _fit(args):
-    from distkm.io.stores import open_store
-    from distkm.estimator import KMeans
-    from distkm.engine.lloyd import write_labels
-    from distkm.io.checkpoint import Checkpoint
-    from distkm.io.model import save_model
-    from distkm.io.outputs import check_not_an_input, check_output_path, partial_path, replace_path
-    from distkm.evaluation.report import report_run
+    from distkm.apps.fit import FitJob
 
     start = time.perf_counter()
-    # Everything that can be checked without a cluster is checked first.
-    store = open_store(args.store, split=args.split)
-    whole_store = open_store(args.store) if args.split else store
-    inputs = [args.store] + ([args.init] if Path(args.init).exists() else [])
-    check_output_path(args.out, overwrite=args.overwrite, inputs=inputs)
-    work = partial_path(args.out)
-    check_not_an_input(work, inputs)
-    if work.exists() and not args.resume:
-        raise FileExistsError(f"{work} holds an interrupted fit; add --resume to continue it, "
-                              "or delete it to start over")
-    x = store.images
-    model = KMeans(n_clusters=args.k, init=_parse_init(args.init), n_init=_parse_n_init(args.n_init),
-                   max_iter=args.max_iter, tol=args.tol, random_state=args.seed, dtype=args.dtype,
-                   verbose=0 if args.quiet else 1, checkpoint=str(work / "checkpoint"), cache=_parse_cache(args.cache),
-                   algorithm=args.algorithm)
-    model._validate_params()
-    if x.shape[0] < args.k:
-        raise ValueError(f"n_samples={x.shape[0]} should be >= n_clusters={args.k}.")
-    work.mkdir(parents=True, exist_ok=True)
+    params = dict(n_clusters=args.k, init=_parse_init(args.init), n_init=_parse_n_init(args.n_init),
+                  max_iter=args.max_iter, tol=args.tol, random_state=args.seed, dtype=args.dtype,
+                  verbose=0 if args.quiet else 1, cache=_parse_cache(args.cache), algorithm=args.algorithm)
+    init_path = [args.init] if args.init not in ("k-means++", "k-means||", "random") else []
+    job = FitJob(args.store, args.out, params=params, split=args.split, inputs=init_path, overwrite=args.overwrite,
+                 resume=args.resume)
+    x, model = job.x, job.model
     try:
         # The evaluation reads every split of the store, not only the fitted one.
-        with _client(args, report_folder=work, data_nbytes=whole_store.images.nbytes) as client:
+        with job.working(), _client(args, report_folder=job.work, data_nbytes=job.store.images.nbytes) as client:
             if not args.quiet:
                 print(f"distkm {__version__}: k={args.k} on {args.store} ({x.shape[0]:,} rows x {x.shape[1]}, "
                       f"{x.numblocks[0]} chunk{'s' if x.numblocks[0] != 1 else ''}), "
                       f"{len(client.scheduler_info()['workers'])} workers", flush=True)
-            fit_start = time.perf_counter()
-            model.fit(x)
-            fit_seconds = time.perf_counter() - fit_start
-            labels_path = work / "labels.zarr"
-            shutil.rmtree(labels_path, ignore_errors=True)  # from an attempt killed while writing them
-            write_labels(labels_path, model.labels_, attrs={"store": str(Path(args.store).resolve()),
-                                                            "split": args.split})
-            data = {"path": str(Path(args.store).resolve()), "split": args.split, "array": "images",
-                    "n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}
-            meta = save_model(work, model, data=data, extra={"timings": {
-                "fit_seconds": fit_seconds,
-                "seconds_per_iteration": fit_seconds / max(model.n_iter_, 1),
-                "command_seconds": time.perf_counter() - start}})
-            evaluation = report_run(work, model, meta, whole_store, evaluate=not args.no_evaluate,
-                                    pictures=not args.no_pictures, seed=args.seed or 0)
+            _, evaluation = job.run(evaluate=not args.no_evaluate, pictures=not args.no_pictures, seed=args.seed or 0)
     except BaseException:
-        if Checkpoint(work / "checkpoint").exists():
-            print(f"distkm: the fit so far is kept in {work}; run the same command with --resume to continue",
+        if job.kept:
+            print(f"distkm: the fit so far is kept in {job.work}; run the same command with --resume to continue",
                   file=sys.stderr)
-        else:  # nothing worth resuming: leave nothing behind
-            shutil.rmtree(work, ignore_errors=True)
         raise
-    Checkpoint(work / "checkpoint").remove()
-    replace_path(work, args.out, overwrite=args.overwrite)
+    job.publish()
     sizes = model.cluster_sizes_
     print(f"done in {time.perf_counter() - start:.1f} s: {model.n_iter_} iterations, inertia {model.inertia_:.6g}, "
           f"cluster sizes {sizes.min():,}..{sizes.max():,}")

@@ -183,6 +183,18 @@ default="k-means++"
         -------
         self : KMeans
         """
+        self._fit(X, sample_weight)
+        return self
+
+    def _fit(self, X, sample_weight=None, final=None):
+        """:meth:`fit`, whose pass after convergence can do more from the same read of the rows.
+
+        ``final`` holds keyword arguments of :func:`distkm.engine.lloyd.final_pass`
+        (``labels_to``, ``classes``, ``evaluation``, ``row_offset``): that
+        pass then also writes the labels and tabulates the evaluation, which
+        is how ``distkm fit`` reads its rows once after convergence. Returns
+        the evaluation tables (``None`` without ``final``).
+        """
         self._validate_params()
         cached = X if isinstance(X, CachedRows) else None
         x = cached.source if cached is not None else as_dask_array(X)
@@ -253,14 +265,19 @@ default="k-means++"
                                      weights=weights, split_every=split_every, block_rows=block_rows,
                                      callback=progress, history=history, converged=done, on_iteration=on_iteration,
                                      cached=cached)
-            final = lloyd.final_stats(x, result.centers, dtype, weights=weights, split_every=split_every,
-                                      block_rows=block_rows, cached=cached)
+            # With one run, its final pass is the last: it does what ``final`` asks too.
+            last = lloyd.final_pass(x, result.centers, dtype, weights=weights, split_every=split_every,
+                                    block_rows=block_rows, cached=cached, **(final if n_init == 1 and final else {}))
+            final_stats, tables = last.stats, last.evaluation
             if self.verbose:
                 state = "converged" if result.converged else "stopped at max_iter"
-                print(f"{state} after {result.n_iter} iterations, inertia {final.inertia:.6g}")
-            if best is None or final.inertia < best["inertia"]:
-                best = {"inertia": float(final.inertia), "n_iter": result.n_iter, "history": result.history,
-                        "sizes": final.sizes, "centers": result.centers}
+                print(f"{state} after {result.n_iter} iterations, inertia {final_stats.inertia:.6g}")
+            if best is None or final_stats.inertia < best["inertia"]:
+                best = {"inertia": float(final_stats.inertia), "n_iter": result.n_iter, "history": result.history,
+                        "sizes": final_stats.sizes, "centers": result.centers}
+        if final and n_init > 1:  # the best of several runs is known only now
+            tables = lloyd.final_pass(x, best["centers"], dtype, weights=weights, split_every=split_every,
+                                      block_rows=block_rows, cached=cached, **final).evaluation
 
         self.cluster_centers_ = best["centers"].astype(dtype)
         self.n_iter_ = best["n_iter"]
@@ -270,7 +287,7 @@ default="k-means++"
         self.n_features_in_ = n_features
         self._n_features_out = self.n_clusters
         self.labels_ = self._output(X, lloyd.assign_lazy(data, self.cluster_centers_, dtype, block_rows=block_rows))
-        return self
+        return tables if final else None
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the cluster of every row (``labels_``)."""

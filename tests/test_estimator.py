@@ -138,7 +138,7 @@ def test_out_of_core_chunks_are_read_inside_their_own_tasks(client, mnist_test_s
     tasks = Counter(key_split(t["key"]) for t in stream.data)
     # 10 chunks of 1,000 rows: the summary pass, 3 iterations, the final statistics
     assert tasks["distkm-read"] == 0, tasks
-    assert (tasks["distkm-summary"], tasks["distkm-partial-stats"], tasks["distkm-final-stats"]) == (10, 30, 10)
+    assert (tasks["distkm-summary"], tasks["distkm-partial-stats"], tasks["distkm-final-pass"]) == (10, 30, 10)
     cached = KMeans(10, init=init, max_iter=3, tol=0, cache=True).fit(mnist_test_store)
     assert uncached.cluster_centers_.tobytes() == cached.cluster_centers_.tobytes()
 

@@ -123,18 +123,18 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
 
 def _plan(source, out, n, *, seed, split, chunk_rows, compressor, originals, strength, image_shape):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ValueError(f"--n must be a positive number of rows, got {n!r}")
+        raise ValueError(f"n must be a positive number of rows, got {n!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer, got {seed!r}")
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if not np.isfinite(strength) or strength < 0:
-        raise ValueError(f"--strength must be a non-negative number, got {strength!r}")
+        raise ValueError(f"strength must be a non-negative number, got {strength!r}")
     store = open_store(source, split=split)
     x = store.images
     if x.dtype != np.uint8:
         raise TypeError(f"augment needs uint8 images; {source} holds {x.dtype}")
     shape = tuple(image_shape or store.attrs.get("image_shape") or ())
     if not shape:
-        raise ValueError(f"{source} does not declare its image_shape; pass --image-shape HxW (or HxWxC)")
+        raise ValueError(f"{source} does not declare its image_shape; pass image_shape=HxW (or HxWxC)")
     if int(np.prod(shape)) != x.shape[1] or len(shape) not in (2, 3):
         raise ValueError(f"{source}: rows have {x.shape[1]} values, but the declared image shape "
                          f"{'x'.join(map(str, shape))} has {int(np.prod(shape))}")
@@ -142,7 +142,7 @@ def _plan(source, out, n, *, seed, split, chunk_rows, compressor, originals, str
     settings = compressor_settings(compressor)
     chunk_rows = int(chunk_rows or config.get("chunk-rows"))
     if chunk_rows < 1:
-        raise ValueError(f"--chunk-rows must be positive, got {chunk_rows}")
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     return AugmentPlan(str(Path(source).resolve()), split, (int(lo), int(hi)), shape, int(n), int(seed), chunk_rows,
                        settings, bool(originals), float(strength))
 

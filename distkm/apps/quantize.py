@@ -112,7 +112,7 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=DEF
             palette_stem, work_parent = folder / "palette", out.parent
         else:
             if out.suffix.lower() not in IMAGE_SUFFIXES:
-                raise ValueError(f"--out must name an image file ({', '.join(sorted(IMAGE_SUFFIXES))}), "
+                raise ValueError(f"out must name an image file ({', '.join(sorted(IMAGE_SUFFIXES))}), "
                                  f"got {str(out)!r}")
             inputs, outputs = [source], [out]
             palette_stem, work_parent = out.with_name(out.stem + "-palette"), out.parent

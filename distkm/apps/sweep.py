@@ -45,9 +45,9 @@ def parse_ks(text):
     try:
         ks = sorted({int(v) for v in str(text).split(",") if v.strip()})
     except ValueError:
-        raise ValueError(f"--k must be a comma-separated list of integers, e.g. 2,5,10; got {text!r}") from None
+        raise ValueError(f"k must be a comma-separated list of integers, e.g. 2,5,10; got {text!r}") from None
     if not ks or ks[0] < 1:
-        raise ValueError(f"--k needs positive integers, got {text!r}")
+        raise ValueError(f"k needs positive integers, got {text!r}")
     return ks
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from functools import partial
 
 import dask
@@ -64,7 +65,7 @@ def summarize(x, weights=None, *, split_every, cached=None):
     return compute(job, label="data summary pass")[0]
 
 
-def _over(x, weights, chunk, combine, cached):
+def _over(x, weights, chunk, combine, cached, *, row_offset=None, per_row=None):
     """What a pass maps over: the chunks of ``x``, or, when ``cached``, its blocks in memory.
 
     A cached block is one task that applies ``chunk`` to its row chunks one
@@ -72,27 +73,44 @@ def _over(x, weights, chunk, combine, cached):
     reduction tree computes from the chunks, so both agree to the bit, with
     a task per block instead of one per chunk (~9 ms of scheduling each on 2 cores).
 
+    Parameters
+    ----------
+    row_offset : int, optional
+        Global index of ``x``'s first row: each chunk then also gets the
+        ``row_offset`` of its own first row.
+    per_row : dask.array.Array, optional
+        A per-row array chunked like ``x`` to pass in the weights' place (the
+        true classes of the final pass); cached, it is cut in the blocks' rows.
+
     Returns
     -------
     data, weights, chunk, per_chunk
         Arguments of :func:`distkm.engine.passes.map_reduce`.
     """
+    offsets = None if row_offset is None else row_offsets(x) + row_offset
     if cached is None:
-        return x, weights, chunk, None
+        per_chunk = None if offsets is None else (lambda i: {"row_offset": int(offsets[i])})
+        return x, weights if per_row is None else per_row, chunk, per_chunk
+    first_chunks = np.cumsum([0] + [len(rows) for rows in cached.chunk_rows])
 
     def per_chunk(i):
-        return {"chunk_rows": cached.chunk_rows[i]}
+        extra = {} if offsets is None else {"row_offset": int(offsets[first_chunks[i]])}
+        return {"chunk_rows": cached.chunk_rows[i], **extra}
 
-    return cached.blocks, cached.weights, partial(_chunk_by_chunk, chunk=chunk, combine=combine), per_chunk
+    if per_row is not None:
+        per_row = per_row.rechunk((tuple(sum(rows) for rows in cached.chunk_rows),))
+    return (cached.blocks, cached.weights if per_row is None else per_row,
+            partial(_chunk_by_chunk, chunk=chunk, combine=combine), per_chunk)
 
 
-def _chunk_by_chunk(X, *args, chunk, combine, chunk_rows):
+def _chunk_by_chunk(X, *args, chunk, combine, chunk_rows, row_offset=None):
     """``chunk`` over the row chunks of a cached block (``args``: the constants, then the weights), merged in order."""
     *constants, weights = args
     parts, start = [], 0
     for rows in chunk_rows:
         part = slice(start, start + rows)
-        parts.append(chunk(X[part], *constants, None if weights is None else weights[part]))
+        where = {} if row_offset is None else {"row_offset": row_offset + start}
+        parts.append(chunk(X[part], *constants, None if weights is None else weights[part], **where))
         start += rows
     return parts[0] if len(parts) == 1 else combine(*parts)
 
@@ -273,18 +291,101 @@ def farthest_points(x, centers, half_sq_norms, n_points, *, weights=None, split_
     return compute(job, label="farthest points pass")[0]
 
 
+class FinalPass(NamedTuple):
+    """What the pass after convergence finds: exact statistics, and the evaluation tables when asked."""
+
+    stats: kernels.FinalStats
+    evaluation: kernels.ChunkEvaluation | None = None
+
+
+def final_pass(x, centers, dtype, *, weights=None, split_every, block_rows, cached=None, labels_to=None,
+               classes=None, evaluation=None, row_offset=0):
+    """Exact inertia and cluster sizes under fixed centers, in one read of the rows; also labels and evaluation.
+
+    One pass after convergence does everything that needs the final
+    assignment: every task assigns its rows once and from that assignment
+    derives the statistics, writes the rows' labels into ``labels_to`` and
+    tabulates the evaluation (:func:`~distkm.kernels.evaluate_assignment`).
+
+    Parameters
+    ----------
+    x : dask.array.Array of shape (n, d)
+    centers : ndarray of shape (k, d)
+    dtype : numpy dtype
+        Compute dtype.
+    weights : dask.array.Array of shape (n,), optional
+        Sample weights (not with ``classes``).
+    split_every, block_rows : int
+    cached : distkm.engine.cache.CachedRows, optional
+        Read the rows from the blocks held in memory.
+    labels_to : zarr.Array of shape (n,), optional
+        Where every task writes the labels of its rows. Its chunks must hold
+        whole chunks of ``x`` (see :func:`labels_array_for`), so that no two
+        tasks write into one zarr chunk.
+    classes : dask.array.Array of shape (n,), optional
+        True classes for the evaluation tables.
+    evaluation : dict, optional
+        Keyword arguments of :func:`~distkm.kernels.evaluate_assignment`
+        (``n_classes``, ``n_members``, ``sample_size``, ``seed``): tabulate them too.
+    row_offset : int
+        Global index of the first row of ``x`` (the evaluation's keys depend on it).
+
+    Returns
+    -------
+    FinalPass
+    """
+    if weights is not None and classes is not None:
+        raise ValueError("final_pass: weights and classes cannot both be given")
+    c, half = prepare_centers(centers, dtype)
+    chunk = partial(_final_chunk, block_rows=block_rows, evaluation=evaluation, labels_to=labels_to,
+                    first_row=row_offset)
+    data, per_row, chunk, per_chunk = _over(x, weights, chunk, _merge_final, cached, row_offset=row_offset,
+                                            per_row=classes)
+    job = map_reduce(data, chunk, _merge_final, name="final-pass", constants=(c, half), weights=per_row,
+                     split_every=split_every, per_chunk=per_chunk)
+    label = "final pass" + (" (labels, statistics, evaluation)" if labels_to is not None or evaluation else "")
+    return compute(job, label=label)[0]
+
+
 def final_stats(x, centers, dtype, *, weights=None, split_every, block_rows, cached=None):
     """Exact inertia and cluster sizes of the data under fixed centers (one pass; over the blocks when ``cached``)."""
-    c, half = prepare_centers(centers, dtype)
-    data, data_weights, chunk, per_chunk = _over(x, weights, partial(_final_stats_only, block_rows=block_rows),
-                                                 kernels.merge_final_stats, cached)
-    job = map_reduce(data, chunk, kernels.merge_final_stats, name="final-stats", constants=(c, half),
-                     weights=data_weights, split_every=split_every, per_chunk=per_chunk)
-    return compute(job, label="final statistics pass")[0]
+    return final_pass(x, centers, dtype, weights=weights, split_every=split_every, block_rows=block_rows,
+                      cached=cached).stats
 
 
-def _final_stats_only(X, centers, half_sq_norms, weights=None, *, block_rows):
-    return kernels.final_stats(X, centers, half_sq_norms, weights, block_rows=block_rows)[1]
+def _final_chunk(X, centers, half_sq_norms, per_row=None, *, block_rows, evaluation, labels_to, first_row,
+                 row_offset):
+    """One chunk of :func:`final_pass` (``per_row``: the classes when evaluating, else the sample weights)."""
+    labels, sq_distances = kernels.nearest_centers(X, centers, half_sq_norms, block_rows=block_rows)
+    if labels_to is not None:
+        labels_to[row_offset - first_row:row_offset - first_row + X.shape[0]] = labels
+    weights = None if evaluation else per_row
+    stats = kernels.assignment_stats(labels, sq_distances, weights, centers.shape[0])
+    if not evaluation:
+        return FinalPass(stats)
+    tables = kernels.evaluate_assignment(X, labels, sq_distances, per_row, n_clusters=centers.shape[0],
+                                         row_offset=row_offset, **evaluation)
+    return FinalPass(stats, tables)
+
+
+def _merge_final(*parts):
+    evaluations = [p.evaluation for p in parts]
+    return FinalPass(kernels.merge_final_stats(*(p.stats for p in parts)),
+                     None if evaluations[0] is None else kernels.merge_evaluations(*evaluations))
+
+
+def labels_array_for(path, x, *, attrs=None):
+    """An empty int32 zarr array for the labels of ``x``'s rows whose chunks hold whole chunks of ``x``.
+
+    Returns ``None`` when ``x``'s row chunks are irregular (a split that
+    starts inside a store chunk): zarr chunks are regular, so the labels
+    are then written by their own pass (:func:`write_labels`).
+    """
+    rows = x.chunks[0]
+    if len(set(rows[:-1])) > 1 or rows[-1] > rows[0]:
+        return None
+    return zarr.create_array(path, shape=(x.shape[0],), chunks=(rows[0],), dtype=np.int32,
+                             dimension_names=["sample"], attributes={"distkm": "labels", **(attrs or {})})
 
 
 def assign_lazy(x, centers, dtype, *, block_rows):

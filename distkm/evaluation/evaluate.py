@@ -16,17 +16,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 
 from distkm import config
-from distkm.kernels.evaluation import evaluate_chunk, merge_evaluations, silhouette_score
-from distkm.kernels.sampling import TopRows
 from distkm.engine.passes import compute, map_reduce, row_offsets
-from distkm.kernels.assign import assign_labels
-from distkm.kernels.assign import prepare_centers
 from distkm.evaluation.metrics import majority_mapping, mapped_accuracy, scores_from_table
 from distkm.io.outputs import write_text_atomic
+from distkm.kernels.assign import assign_labels, prepare_centers
+from distkm.kernels.evaluation import evaluate_chunk, merge_evaluations, silhouette_score
+from distkm.kernels.sampling import TopRows
 
 #: Known class names of the shipped datasets (a store may carry its own ``label_names``).
 CLASS_NAMES = {
@@ -148,33 +148,18 @@ class Evaluation:
         return "\n".join(text)
 
 
-def evaluate_store(model, store, *, mapping_split=None, n_members=20, silhouette_sample=None, seed=0,
-                   split_every=None, block_rows=None):
-    """Evaluate a fitted model on every split of a store, out-of-core.
+class EvaluationPlan(NamedTuple):
+    """What evaluating a store means: its splits, the split clusters are mapped on, and each split's settings."""
 
-    Parameters
-    ----------
-    model : distkm.KMeans
-        Fitted.
-    store : distkm.data.ImageStore
-        Opened without a split (:func:`distkm.data.open_store`): all its splits are evaluated.
-    mapping_split : str, optional
-        Split on which clusters are mapped to classes (default ``train`` if
-        the store has it, else all rows).
-    n_members : int
-        Nearest and random members kept per cluster (of the mapping split), for pictures.
-    silhouette_sample : int, optional
-        Rows sampled per split for the silhouette score (default
-        ``distkm.silhouette-sample``; 0 skips it).
-    seed : int
-        Seed of the random members and the silhouette sample.
-    split_every, block_rows : int, optional
-        Tree fan-in and kernel block size (defaults from ``distkm`` config).
+    splits: dict  # name -> (start, stop)
+    mapping_split: str
+    n_classes: int
+    class_names: list | None
+    settings: dict  # name -> keyword arguments of distkm.kernels.evaluate_assignment (but the clusters and offset)
 
-    Returns
-    -------
-    Evaluation
-    """
+
+def plan_evaluation(store, *, mapping_split=None, n_members=20, silhouette_sample=None, seed=0):
+    """The :class:`EvaluationPlan` of a store opened without a split (see :func:`evaluate_store`)."""
     x, y = store.images, store.labels
     splits = {name: tuple(bounds) for name, bounds in store.attrs.get("splits", {}).items()}
     if not splits or sum(stop - start for start, stop in splits.values()) != x.shape[0]:
@@ -186,16 +171,60 @@ def evaluate_store(model, store, *, mapping_split=None, n_members=20, silhouette
                          f"(it has: {', '.join(splits)})")
     sample = config.get("silhouette-sample") if silhouette_sample is None else silhouette_sample
     n_classes, class_names = _classes(store) if y is not None else (1, None)
+    settings = {name: {"n_classes": n_classes, "n_members": n_members if name == mapping_split else 0,
+                       "sample_size": sample, "seed": seed} for name in splits}
+    return EvaluationPlan(splits, mapping_split, n_classes, class_names, settings)
+
+
+def evaluate_store(model, store, *, mapping_split=None, n_members=20, silhouette_sample=None, seed=0,
+                   split_every=None, block_rows=None, plan=None, known=None):
+    """Evaluate a fitted model on every split of a store, out-of-core.
+
+    Parameters
+    ----------
+    model : distkm.KMeans
+        Fitted.
+    store : distkm.io.stores.ImageStore
+        Opened without a split (:func:`distkm.io.stores.open_store`): all its splits are evaluated.
+    mapping_split : str, optional
+        Split on which clusters are mapped to classes (default ``train`` if
+        the store has it, else all rows).
+    n_members : int
+        Nearest and random members kept per cluster (of the mapping split), for pictures.
+    silhouette_sample : int, optional
+        Rows sampled per split for the silhouette score (default
+        ``distkm.silhouette-sample``; 0 skips it).
+    seed : int
+        Seed of the random members and the sample.
+    split_every, block_rows : int, optional
+        Tree fan-in and kernel block size (defaults from ``distkm`` config).
+    plan : EvaluationPlan, optional
+        From :func:`plan_evaluation` (instead of the four parameters above).
+    known : dict, optional
+        ``{split: ChunkEvaluation}`` already tabulated (by the final pass of
+        the fit, with the plan's settings): those splits are not read again.
+
+    Returns
+    -------
+    Evaluation
+    """
+    if plan is None:
+        plan = plan_evaluation(store, mapping_split=mapping_split, n_members=n_members,
+                               silhouette_sample=silhouette_sample, seed=seed)
+    x, y = store.images, store.labels
     centers = np.asarray(model.cluster_centers_)
     dtype = np.dtype(model.dtype)
+    known = dict(known or {})
     jobs = {}
-    for name, (start, stop) in splits.items():
-        jobs[name] = evaluation_pass(
-            x[start:stop], None if y is None else y[start:stop], centers, dtype, n_classes=n_classes,
-            n_members=n_members if name == mapping_split else 0, sample_size=sample, seed=seed, row_offset=start,
-            split_every=split_every, block_rows=block_rows)
-    results = dict(zip(jobs, compute(*jobs.values(), label=f"evaluation pass ({', '.join(jobs)})")))
-    mapping = majority_mapping(results[mapping_split].table) if y is not None else None
+    for name, (start, stop) in plan.splits.items():
+        if name not in known:
+            jobs[name] = evaluation_pass(x[start:stop], None if y is None else y[start:stop], centers, dtype,
+                                         row_offset=start, split_every=split_every, block_rows=block_rows,
+                                         **plan.settings[name])
+    if jobs:
+        known.update(zip(jobs, compute(*jobs.values(), label=f"evaluation pass ({', '.join(jobs)})")))
+    results = {name: known[name] for name in plan.splits}
+    mapping = majority_mapping(results[plan.mapping_split].table) if y is not None else None
     parts = {}
     for name, result in results.items():
         scores = None
@@ -204,11 +233,11 @@ def evaluate_store(model, store, *, mapping_split=None, n_members=20, silhouette
             scores["majority_accuracy"] = scores["accuracy"]  # each cluster labelled by this split's own majority
             scores["accuracy"] = mapped_accuracy(result.table, mapping)
         silhouette, used = _silhouette(result.sample, centers, dtype)
-        parts[name] = SplitEvaluation(name, int(result.table.sum()), splits[name], float(result.inertia),
+        mapped = name == plan.mapping_split
+        parts[name] = SplitEvaluation(name, int(result.table.sum()), plan.splits[name], float(result.inertia),
                                       result.table, scores, silhouette, used,
-                                      result.nearest if name == mapping_split else None,
-                                      result.random if name == mapping_split else None)
-    return Evaluation(parts, mapping_split, mapping, class_names, str(store.path))
+                                      result.nearest if mapped else None, result.random if mapped else None)
+    return Evaluation(parts, plan.mapping_split, mapping, plan.class_names, str(store.path))
 
 
 def evaluation_pass(x, y, centers, dtype, *, n_classes, n_members, sample_size, seed, row_offset=0,

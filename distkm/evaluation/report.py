@@ -25,8 +25,22 @@ logger = logging.getLogger("distkm")
 PICTURES = "pictures"
 
 
+def evaluation_plan_for(store, split, *, pictures=True, n_members=None, silhouette_sample=None, seed=0):
+    """How a run fitted on ``split`` of ``store`` is evaluated (:func:`~distkm.evaluation.evaluate.plan_evaluation`).
+
+    Clusters are mapped to classes on the fitted split (else on ``train``);
+    members are kept for the pictures only.
+    """
+    from distkm import config
+    from distkm.evaluation.evaluate import plan_evaluation
+
+    members = config.get("members") if n_members is None else n_members
+    return plan_evaluation(store, mapping_split=split if split in store.attrs.get("splits", {}) else None,
+                           n_members=members if pictures else 0, silhouette_sample=silhouette_sample, seed=seed)
+
+
 def report_run(run_dir, model, meta, store, *, evaluate=True, pictures=True, n_members=None,
-               silhouette_sample=None, seed=0):
+               silhouette_sample=None, seed=0, known=None):
     """Evaluate a fitted run on its store (all splits) and write its evaluation, pictures and report.
 
     Parameters
@@ -43,20 +57,21 @@ def report_run(run_dir, model, meta, store, *, evaluate=True, pictures=True, n_m
     pictures : bool
     n_members, silhouette_sample, seed
         See :func:`distkm.evaluation.evaluate.evaluate_store`.
+    known : dict, optional
+        Evaluation tables of splits already read (by the fit's final pass), see
+        :func:`distkm.evaluation.evaluate.evaluate_store`.
 
     Returns
     -------
     distkm.evaluation.evaluate.Evaluation or None
     """
-    from distkm import config
     from distkm.evaluation.evaluate import evaluate_store
 
     evaluation = None
     if evaluate:
-        members = config.get("members") if n_members is None else n_members
-        evaluation = evaluate_store(model, store, mapping_split=_mapping_split(meta, store),
-                                    n_members=members if pictures else 0, silhouette_sample=silhouette_sample,
-                                    seed=seed)
+        plan = evaluation_plan_for(store, meta.get("data", {}).get("split"), pictures=pictures, n_members=n_members,
+                                   silhouette_sample=silhouette_sample, seed=seed)
+        evaluation = evaluate_store(model, store, plan=plan, known=known)
     image_shape = image_shape_for(model.cluster_centers_.shape[1], store.attrs.get("image_shape"))
     write_run_report(run_dir, meta, model, evaluation, image_shape=image_shape, pictures=pictures)
     return evaluation
@@ -74,12 +89,6 @@ def image_shape_for(n_features, declared=None):
     if side >= 4 and side * side == n_features:
         return (side, side)
     return None
-
-
-def _mapping_split(meta, store):
-    """Map clusters to classes on the split the model was fitted on, or on ``train``."""
-    split = meta.get("data", {}).get("split")
-    return split if split in store.attrs.get("splits", {}) else None
 
 
 def write_run_report(run_dir, meta, model, evaluation=None, *, image_shape=None, pictures=True):

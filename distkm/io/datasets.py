@@ -103,14 +103,14 @@ DATASETS = {
             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
             "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
         },
-        hint="pass --source DIR with the official MNIST IDX .gz files",
+        hint="pass source=DIR, a folder with the official MNIST IDX .gz files",
     ),
     "fashion-mnist": IdxDataset(
         "fashion-mnist",
         search_dirs=(Path("/usr/share/datasets/fashion-mnist"),),
         # Debian recompresses the upstream .gz files; dpkg's own list checks them.
         fallback_checksums="/var/lib/dpkg/info/dataset-fashion-mnist.md5sums",
-        hint="install it with `apt-get install dataset-fashion-mnist`, or pass --source DIR",
+        hint="install it with `apt-get install dataset-fashion-mnist`, or pass source=DIR",
     ),
 }
 

@@ -45,7 +45,7 @@ def check_output_path(path, *, overwrite=False, inputs=()):
     check_not_an_input(path, inputs)
     if path.exists() or path.is_symlink():
         if not overwrite:
-            raise FileExistsError(f"output {str(path)!r} already exists; pass --overwrite (overwrite=True) "
+            raise FileExistsError(f"output {str(path)!r} already exists; pass overwrite=True "
                                   "to replace it")
         _check_replaceable(path)
     parent = _existing_ancestor(path.parent)
@@ -75,7 +75,7 @@ def check_not_an_input(path, inputs):
         else:
             continue
         raise ValueError(f"output {str(path)!r} {how} the input {str(given)!r}: an output may never replace, "
-                         "hold or sit inside an input; choose another --out")
+                         "hold or sit inside an input; choose another output")
 
 
 def written_by_distkm(path):
@@ -127,7 +127,7 @@ def _check_replaceable(path):
     if written_by_distkm(path) is None:
         raise FileExistsError(f"output {str(path)!r} exists and is not an output of distkm; --overwrite replaces "
                               "only what distkm wrote (a store, a run folder...): remove it yourself or choose another "
-                              "--out")
+                              "output")
 
 
 def _existing_ancestor(path):

@@ -88,6 +88,16 @@ class ImageStore:
     labels: da.Array | None
     attrs: dict
 
+    def bounds(self, split=None):
+        """Rows ``(start, stop)`` of ``split`` (all rows for ``None``); the error names the splits there are."""
+        if split is None:
+            return 0, self.images.shape[0]
+        splits = self.attrs.get("splits", {})
+        if split not in splits:
+            raise ValueError(f"store {str(self.path)!r} has no split {split!r} (it has: {', '.join(splits) or 'none'})")
+        start, stop = splits[split]
+        return int(start), int(stop)
+
 
 def open_store(path, *, split=None, array="images"):
     """Open a zarr store of images as dask arrays, checking it at the door.
@@ -139,16 +149,13 @@ def open_store(path, *, split=None, array="images"):
         if labels.shape != (x.shape[0],):
             raise ValueError(f"store {str(path)!r}: labels have shape {labels.shape}, expected ({x.shape[0]},)")
         y = _read_lazily(labels, f"{path}/labels").rechunk((x.chunks[0],))
+    store = ImageStore(path, x, y, group_attrs)
     if split is not None:
-        splits = group_attrs.get("splits", {})
-        if split not in splits:
-            raise ValueError(f"store {str(path)!r} has no split {split!r} (it has: {', '.join(splits) or 'none'})")
-        start, stop = splits[split]
-        x = x[start:stop]
-        y = None if y is None else y[start:stop]
-    if x.shape[0] == 0:
+        start, stop = store.bounds(split)
+        store = ImageStore(path, x[start:stop], None if y is None else y[start:stop], group_attrs)
+    if store.images.shape[0] == 0:
         raise ValueError(f"store {str(path)!r} holds no rows")
-    return ImageStore(path, x, y, group_attrs)
+    return store
 
 
 def _zarr_to_dask(z, where):

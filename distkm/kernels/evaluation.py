@@ -80,8 +80,19 @@ def evaluate_chunk(X, centers, half_sq_norms, y=None, *, n_classes, n_members, s
     -------
     ChunkEvaluation
     """
-    k = centers.shape[0]
     labels, distances = nearest_centers(X, centers, half_sq_norms, block_rows=block_rows)
+    return evaluate_assignment(X, labels, distances, y, n_clusters=centers.shape[0], n_classes=n_classes,
+                               n_members=n_members, sample_size=sample_size, seed=seed, row_offset=row_offset)
+
+
+def evaluate_assignment(X, labels, distances, y=None, *, n_clusters, n_classes, n_members, sample_size, seed,
+                        row_offset):
+    """:func:`evaluate_chunk` of rows already assigned (``labels``) at exact squared distances ``distances``.
+
+    The final pass of a fit calls it beside the exact statistics and the
+    labels it writes, from the same assignment: one read of the rows.
+    """
+    k = n_clusters
     classes = np.zeros(X.shape[0], dtype=np.int64) if y is None else np.asarray(y, dtype=np.int64)
     table = np.bincount(labels.astype(np.int64) * n_classes + classes, minlength=k * n_classes)
     index = np.arange(row_offset, row_offset + X.shape[0], dtype=np.int64)

@@ -289,8 +289,13 @@ def final_stats(X, centers, half_sq_norms, weights=None, *, block_rows=BLOCK_ROW
     stats : FinalStats
     """
     labels, sq_distances = nearest_centers(X, centers, half_sq_norms, block_rows=block_rows)
+    return labels, assignment_stats(labels, sq_distances, weights, centers.shape[0])
+
+
+def assignment_stats(labels, sq_distances, weights, n_clusters):
+    """:class:`FinalStats` of rows already assigned (``labels``) at exact squared distances ``sq_distances``."""
     inertia = float(sq_distances.sum() if weights is None else sq_distances @ np.asarray(weights, np.float64))
-    return labels, FinalStats(inertia, np.bincount(labels, minlength=centers.shape[0]).astype(np.int64))
+    return FinalStats(inertia, np.bincount(labels, minlength=n_clusters).astype(np.int64))
 
 
 def merge_final_stats(*parts):

@@ -1,0 +1,132 @@
+"""``distkm fit``: a store (or one of its splits) into a run folder, built in ``OUT.partial``, resumable.
+
+The run folder holds the model, the labels of the fitted rows, the
+evaluation of every split of the store, the pictures and the report. After
+the Lloyd loop converges, one pass over the fitted rows writes their labels,
+computes the exact inertia and cluster sizes and tabulates the evaluation of
+their split (:func:`distkm.engine.lloyd.final_pass`); only the other splits
+(the held-out rows) are read again, by the evaluation.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from distkm.engine.lloyd import labels_array_for, write_labels
+from distkm.estimator import KMeans
+from distkm.evaluation.report import evaluation_plan_for, report_run
+from distkm.io.checkpoint import Checkpoint
+from distkm.io.model import save_model
+from distkm.io.outputs import check_not_an_input, check_output_path, partial_path, replace_path
+from distkm.io.stores import open_store
+
+
+class FitJob:
+    """Fit a store into a run folder.
+
+    Everything that can be checked without a cluster is checked when the job
+    is made: the store and the split, the output path (never over an input),
+    an interrupted fit in the way, the estimator's parameters.
+
+    Parameters
+    ----------
+    store : str or Path
+        A distkm store.
+    out : str or Path
+        The run folder to create.
+    params : dict
+        :class:`~distkm.KMeans` parameters (its checkpoint goes into ``OUT.partial``).
+    split : str, optional
+        Fit only this split's rows (every split is evaluated).
+    inputs : list, optional
+        Other inputs of the fit (an init file or run folder) that the output may not overlap.
+    overwrite : bool
+        Replace an existing run folder (distkm's own only) once the new one is complete.
+    resume : bool
+        Continue the interrupted fit in ``OUT.partial``.
+
+    Attributes
+    ----------
+    store : distkm.io.stores.ImageStore
+        The whole store (its other splits are evaluated too).
+    x : dask.array.Array
+        The rows fitted.
+    work : Path
+        ``OUT.partial``, where the run is built.
+    kept : bool
+        After a failure: whether ``work`` was kept for a resume (it holds a checkpoint).
+    """
+
+    def __init__(self, store, out, *, params, split=None, inputs=(), overwrite=False, resume=False):
+        self.store = open_store(store)
+        self.split = split
+        self.start, stop = self.store.bounds(split)
+        self.x = self.store.images[self.start:stop]
+        self.out, self.overwrite = Path(out), overwrite
+        inputs = [store, *inputs]
+        check_output_path(out, overwrite=overwrite, inputs=inputs)
+        self.work = partial_path(out)
+        check_not_an_input(self.work, inputs)
+        if self.work.exists() and not resume:
+            raise FileExistsError(f"{self.work} holds an interrupted fit; continue it with resume=True, "
+                                  "or delete it to start over")
+        self.model = KMeans(**params, checkpoint=str(self.work / "checkpoint"))
+        self.model._validate_params()
+        if self.x.shape[0] < self.model.n_clusters:
+            raise ValueError(f"n_samples={self.x.shape[0]} should be >= n_clusters={self.model.n_clusters}.")
+        self.kept = False
+        self._created = time.perf_counter()
+
+    @contextmanager
+    def working(self):
+        """The block in which the run is built: on failure, ``work`` is kept if it can be resumed, else removed."""
+        self.work.mkdir(parents=True, exist_ok=True)
+        try:
+            yield self
+        except BaseException:
+            self.kept = Checkpoint(self.work / "checkpoint").exists()
+            if not self.kept:  # nothing worth resuming: leave nothing behind
+                shutil.rmtree(self.work, ignore_errors=True)
+            raise
+
+    def run(self, *, evaluate=True, pictures=True, seed=0):
+        """Fit, write the labels, the model, the evaluation and the report into ``work``.
+
+        Returns
+        -------
+        meta : dict
+            The run's ``model.json``.
+        evaluation : distkm.evaluation.evaluate.Evaluation or None
+        """
+        started = time.perf_counter()
+        labels_path = self.work / "labels.zarr"
+        shutil.rmtree(labels_path, ignore_errors=True)  # from an attempt killed while writing them
+        attrs = {"store": str(Path(self.store.path).resolve()), "split": self.split}
+        final = {"labels_to": labels_array_for(labels_path, self.x, attrs=attrs), "row_offset": self.start}
+        plan = evaluation_plan_for(self.store, self.split, pictures=pictures, seed=seed) if evaluate else None
+        fitted_split = self.split or ("all" if plan is not None and list(plan.splits) == ["all"] else None)
+        if plan is not None and fitted_split in plan.splits:  # the fitted rows are one evaluated split
+            final.update(evaluation=plan.settings[fitted_split],
+                         classes=None if self.store.labels is None else self.store.labels[self.start:self.start
+                                                                                           + self.x.shape[0]])
+        tables = self.model._fit(self.x, final=final)
+        fit_seconds = time.perf_counter() - started
+        if final["labels_to"] is None:  # rows in irregular chunks: the labels get a pass of their own
+            write_labels(labels_path, self.model.labels_, attrs=attrs)
+        data = {"path": attrs["store"], "split": self.split, "array": "images",
+                "n_samples": int(self.x.shape[0]), "n_features": int(self.x.shape[1])}
+        meta = save_model(self.work, self.model, data=data, extra={"timings": {
+            "fit_seconds": fit_seconds, "seconds_per_iteration": fit_seconds / max(self.model.n_iter_, 1),
+            "command_seconds": time.perf_counter() - self._created}})
+        known = None if tables is None else {fitted_split: tables}
+        evaluation = report_run(self.work, self.model, meta, self.store, evaluate=evaluate, pictures=pictures,
+                                seed=seed, known=known)
+        return meta, evaluation
+
+    def publish(self):
+        """Move the complete run into place (replacing the old one only now) and drop the checkpoint."""
+        Checkpoint(self.work / "checkpoint").remove()
+        replace_path(self.work, self.out, overwrite=self.overwrite)
