@@ -145,6 +145,7 @@ def _ingest_folder(args):
 # --------------------------------------------------------------------------- #
 def _fit(args):
     from distkm.apps.fit import FitJob
+    from distkm.io.checkpoint import CheckpointError
 
     start = time.perf_counter()
     params = dict(n_clusters=args.k, init=_parse_init(args.init), n_init=_parse_n_init(args.n_init),
@@ -162,6 +163,8 @@ def _fit(args):
                       f"{x.numblocks[0]} chunk{'s' if x.numblocks[0] != 1 else ''}), "
                       f"{len(client.scheduler_info()['workers'])} workers", flush=True)
             _, evaluation = job.run(evaluate=not args.no_evaluate, pictures=not args.no_pictures, seed=args.seed or 0)
+    except CheckpointError:  # resuming again would fail again: the error says what to do
+        raise
     except BaseException:
         if job.kept:
             print(f"distkm: the fit so far is kept in {job.work}; run the same command with --resume to continue",

@@ -9,6 +9,11 @@ is replaced by ``os.replace``, so a kill at any instant leaves either the
 previous checkpoint or the new one, never a mix. Centers are stored as
 float64 and the RNG state exactly, so a resumed fit ends bit-identical to an
 uninterrupted one.
+
+Nothing in the folder is trusted: ``checkpoint.json`` names its ``.npy``
+files by bare names inside the folder, each with its SHA-256, and a file
+that is missing, renamed outside the folder, altered or of the wrong shape
+is refused in one line naming it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -27,7 +33,12 @@ import numpy as np
 logger = logging.getLogger("distkm")
 
 FORMAT = "distkm-checkpoint"
-VERSION = 2  # 2: centers in .npy files (1: zarr arrays)
+VERSION = 3  # 3: .npy files with their SHA-256 (2: without; 1: zarr arrays)
+_CENTERS_FILE = re.compile(r"centers-[0-9a-f]{12}\.npy")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, damaged, or made by another fit."""
 
 
 @dataclass
@@ -92,19 +103,33 @@ class Checkpoint:
                 raise ValueError(f"format {doc.get('format') if isinstance(doc, dict) else None!r}, "
                                  f"expected {FORMAT!r} version {VERSION}")
         except (OSError, ValueError) as e:
-            raise ValueError(f"{self.path} is not a readable distkm checkpoint ({e})") from e
+            raise CheckpointError(f"{self.path} is not a readable distkm checkpoint ({e})") from e
         differ = _differences(doc["fingerprint"], fingerprint)
         if differ:
-            raise ValueError(f"cannot resume from {self.folder}: it was made with different " + ", ".join(differ))
+            raise CheckpointError(f"cannot resume from {self.folder}: it was made with different " + ", ".join(differ))
+        shape = (fingerprint["params"]["n_clusters"], fingerprint["data"]["shape"][1])
         best = doc["best"]
         if best is not None:
-            best = {**best, "centers": self._read(best["centers"]), "sizes": np.asarray(best["sizes"], np.int64)}
+            best = {**best, "centers": self._read(best["centers"], shape), "sizes": np.asarray(best["sizes"], np.int64)}
         name, keys, pos, has_gauss, cached = doc["rng_state"]
-        return FitState(doc["fingerprint"], doc["run"], self._read(doc["centers"]), doc["history"],
+        return FitState(doc["fingerprint"], doc["run"], self._read(doc["centers"], shape), doc["history"],
                         doc["converged"], (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached), best)
 
     def save(self, state):
-        """Write ``state`` atomically; the previous checkpoint stays valid until the rename."""
+        """Write ``state`` atomically; the previous checkpoint stays valid until the rename.
+
+        Raises
+        ------
+        OSError
+            In one line naming the folder (a full disk, a read-only folder).
+        """
+        try:
+            self._save(state)
+        except OSError as e:
+            raise OSError(f"cannot write the checkpoint in {self.folder}: {e.strerror or e}; free space there "
+                          "and resume") from e
+
+    def _save(self, state):
         self.folder.mkdir(parents=True, exist_ok=True)
         name, keys, pos, has_gauss, cached = state.rng_state
         best = None
@@ -128,7 +153,7 @@ class Checkpoint:
         tmp = self.folder / f".checkpoint-{uuid.uuid4().hex}.json"
         tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.path)
-        self._remove_unreferenced({doc["centers"], best and best["centers"]})
+        self._remove_unreferenced({doc["centers"]["file"], best and best["centers"]["file"]})
         logger.debug("checkpoint written: run %d, iteration %d", state.run, len(state.history))
 
     def remove(self):
@@ -136,15 +161,33 @@ class Checkpoint:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _write(self, array):
+        """Write centers to a fresh file; returns its reference ``{"file": name, "sha256": ...}``."""
         name = f"centers-{uuid.uuid4().hex[:12]}.npy"
         tmp = self.folder / f".{name}"
-        with tmp.open("wb") as f:
-            np.save(f, np.asarray(array, dtype=np.float64), allow_pickle=False)
-        os.replace(tmp, self.folder / name)
-        return name
+        try:
+            with tmp.open("wb") as f:
+                np.save(f, np.asarray(array, dtype=np.float64), allow_pickle=False)
+            os.replace(tmp, self.folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return {"file": name, "sha256": _sha256(self.folder / name)}
 
-    def _read(self, name):
-        return np.load(self.folder / name, allow_pickle=False)
+    def _read(self, ref, shape):
+        """The centers a reference names, checked: a bare name here, its checksum, finite float64 of ``shape``."""
+        name = ref.get("file") if isinstance(ref, dict) else None
+        if not isinstance(name, str) or not _CENTERS_FILE.fullmatch(name):
+            raise CheckpointError(f"{self.path} refers to {name or ref!r}, not a centers file of this folder; "
+                             f"delete {self.folder} to start over")
+        path = self.folder / name
+        try:
+            if _sha256(path) != ref.get("sha256"):
+                raise ValueError("its checksum differs from the one in checkpoint.json")
+            centers = np.load(path, allow_pickle=False)
+            if centers.dtype != np.float64 or centers.shape != shape or not np.isfinite(centers).all():
+                raise ValueError(f"it holds {centers.dtype} {centers.shape}, expected finite float64 {shape}")
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint file {path} is damaged ({e}); delete {self.folder} to start over") from e
+        return centers
 
     def _remove_unreferenced(self, keep):
         for path in self.folder.glob("centers-*.npy"):
@@ -161,3 +204,7 @@ def _differences(saved, current, prefix=""):
         elif a != b:
             out.append(f"{prefix}{key} ({a} then, {b} now)")
     return out
+
+
+def _sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
