@@ -198,8 +198,11 @@ def _local_cluster(settings, n_workers, threads_per_worker, memory_limit, *, pro
             threads_per_worker=threads,
             memory_limit=memory_limit or settings.get("memory-limit", "auto"),
             dashboard_address=settings.get("dashboard-address", "127.0.0.1:8787"),
-            # Worker processes listen on the loopback only; threads talk in-process (inproc://), no socket.
+            # Everything listens on the loopback only. Worker processes: by their host. Workers as threads
+            # talk in-process (inproc://, where a host is refused), but their HTTP servers (/health,
+            # /metrics) bound 0.0.0.0 and [::]: given an address, they keep to the loopback.
             host="127.0.0.1" if processes else None,
+            worker_dashboard_address=None if processes else "127.0.0.1:0",
             silence_logs=logging.ERROR,
         )
 
