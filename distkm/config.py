@@ -32,6 +32,29 @@ def get(key, default=None):
     return default if value is None else value
 
 
+def section(key):
+    """The mapping ``distkm.<key>`` with its setting names in dask's spelling (hyphens).
+
+    dask.config keeps a setting from an environment variable under the
+    spelling it came with: ``DASK_DISTKM__LOCAL_CLUSTER__MEMORY_LIMIT`` lands
+    as ``local_cluster: {memory_limit: ...}`` beside the defaults'
+    ``local-cluster: {memory-limit: ...}``. dask.config.get finds either
+    spelling of a full key; a whole mapping must be normalised like this, or
+    the variable is silently ignored. Names of environment variables (keys
+    in capitals, as under ``worker-environ``) are kept as they are.
+    """
+    return _hyphenated(get(key, {}))
+
+
+def _hyphenated(mapping):
+    out = {}
+    for name, value in mapping.items():
+        if isinstance(name, str) and name.islower():
+            name = name.replace("_", "-")
+        out[name] = _hyphenated(value) if isinstance(value, dict) else value
+    return out
+
+
 def get_int(key, *, minimum=1, maximum=None):
     """``distkm.<key>`` as an integer within bounds.
 

@@ -48,3 +48,19 @@ def test_the_local_cluster_listens_on_the_loopback_only(data_nbytes):
     assert found, "no listening socket found: the check itself is broken"
     exposed = [f"{host}:{port}" for host, port in found if host not in LOOPBACK]
     assert not exposed, exposed
+
+
+def test_local_cluster_settings_from_environment_variables_are_honoured(tmp_path):
+    """DASK_DISTKM__LOCAL_CLUSTER__MEMORY_LIMIT lands in dask.config as local_cluster.memory_limit: read it."""
+    import subprocess
+    import sys
+
+    script = ("from distkm.cluster.client import dask_client\n"
+              "with dask_client(None, data_nbytes=1000, n_workers=2) as client:\n"
+              "    print(sorted({w['memory_limit'] for w in client.scheduler_info()['workers'].values()}))\n")
+    env = {**os.environ, "DASK_DISTKM__LOCAL_CLUSTER__MEMORY_LIMIT": "300MiB",
+           "DASK_DISTKM__LOCAL_CLUSTER__THREADS_PER_WORKER": "2"}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str([300 * 2**20]), result.stdout

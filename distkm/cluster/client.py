@@ -65,7 +65,7 @@ def dask_client(scheduler=None, *, cluster_config=None, timeout=None, n_workers=
             yield client
         return
     if kind == "local":
-        settings = {**config.get("local-cluster", {}), **section}
+        settings = {**config.section("local-cluster"), **section}
         environ = {**dask.config.get("distributed.nanny.pre-spawn-environ", {}),
                    **settings.get("worker-environ", {})}
         processes = _use_processes(settings, data_nbytes)
@@ -180,7 +180,7 @@ def _dashboard_link_config(settings):
 
 def _scheduler_settings(section):
     """dask config for a scheduler started in this process: ``worker-saturation`` from the section, else distkm's."""
-    saturation = section.get("worker-saturation", config.get("local-cluster.worker-saturation"))
+    saturation = section.get("worker-saturation", config.section("local-cluster").get("worker-saturation"))
     if saturation is None:
         return nullcontext()
     return dask.config.set({"distributed.scheduler.worker-saturation": saturation})  # read as the scheduler starts

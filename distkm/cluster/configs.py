@@ -141,7 +141,7 @@ def tls_security(section):
 def _environ(section):
     from distkm import config
 
-    return {**config.get("local-cluster.worker-environ", {}), **section.get("worker-environ", {})}
+    return {**config.section("local-cluster").get("worker-environ", {}), **section.get("worker-environ", {})}
 
 
 def slurm_cluster_kwargs(section):
