@@ -123,8 +123,8 @@ def test_source_without_labels(tmp_path, client, mnist_test):
     assert store.labels is None and store.images.shape == (5000, 784)
 
 
-@pytest.mark.parametrize("n, message", [(0, "--n must be a positive number of rows, got 0"),
-                                        (-5, "--n must be a positive number of rows")])
+@pytest.mark.parametrize("n, message", [(0, "^n must be a positive number of rows, got 0"),
+                                        (-5, "^n must be a positive number of rows")])
 def test_bad_row_count(tmp_path, mnist_test_store, n, message):
     with pytest.raises(ValueError, match=message):
         augment_store(mnist_test_store, tmp_path / "out.zarr", n=n)
@@ -145,7 +145,7 @@ def test_unwritable_out(tmp_path, mnist_test_store):
 
 def test_existing_complete_store_needs_overwrite(tmp_path, client, mnist_test_store):
     augment_store(mnist_test_store, tmp_path / "o.zarr", n=1000, chunk_rows=500, progress=False)
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         augment_store(mnist_test_store, tmp_path / "o.zarr", n=2000, progress=False)
     augment_store(mnist_test_store, tmp_path / "o.zarr", n=2000, chunk_rows=500, overwrite=True, progress=False)
     assert open_store(tmp_path / "o.zarr").images.shape == (2000, 784)

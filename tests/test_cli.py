@@ -268,3 +268,14 @@ def test_cluster_configs_shipped_in_the_repository_work(tmp_path, cluster, mnist
         assert "2 workers" in result.stdout
     a, b = (zarr.open_array(tmp_path / n / "centroids.zarr", mode="r")[...] for n in ("local", "address"))
     assert a.tobytes() == b.tobytes()
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, mnist_test_store, capsys):
+    """The library says n, overwrite=True, resume=True; the command line says --n, --overwrite, --resume."""
+    from distkm.apps.augment import augment_store
+
+    with pytest.raises(ValueError, match="^n must be a positive number of rows"):
+        augment_store(mnist_test_store, tmp_path / "a.zarr", n=0)
+    assert main(["augment", str(mnist_test_store), "--n", "0", "--out", str(tmp_path / "a.zarr"), "--quiet",
+                 "--n-workers", "1"]) == 1
+    assert "distkm: error: --n must be a positive number of rows" in capsys.readouterr().err

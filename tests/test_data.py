@@ -48,7 +48,7 @@ def test_chunk_rows_is_configurable(tmp_path):
 def test_second_ingest_refused_unless_overwrite(tmp_path):
     out = tmp_path / "m.zarr"
     ingest_idx("mnist", out, source=MNIST_DIR, chunk_rows=20000)
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite=True"):
         ingest_idx("mnist", out, source=MNIST_DIR)
     ingest_idx("mnist", out, source=MNIST_DIR, chunk_rows=35000, overwrite=True)
     assert zarr.open_array(out / "images", mode="r").chunks == (35000, 784)

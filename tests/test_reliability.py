@@ -145,7 +145,7 @@ def test_killed_fit_resumes_bit_identical(fine_store, tmp_path):
     assert 4 <= killed_at < 15 and not out.exists()
 
     again = subprocess.run(fit_argv(fine_store, out), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 1 and "holds an interrupted fit; add --resume" in again.stderr
+    assert again.returncode == 1 and "holds an interrupted fit; continue it with --resume" in again.stderr
     other = subprocess.run([*fit_argv(fine_store, out, "--resume")[:4], "12", *fit_argv(fine_store, out)[5:],
                             "--resume"], capture_output=True, text=True, timeout=300)
     assert other.returncode == 1 and "cannot resume" in other.stderr and "n_clusters (10 then, 12 now)" in other.stderr
