@@ -327,15 +327,22 @@ def _quantize(args):
 def _augment(args):
     from distkm.apps.augment import augment_store
 
+    from distkm.io.outputs import partial_path
+
     shape = tuple(int(v) for v in args.image_shape.lower().split("x")) if args.image_shape else None
-    with _client(args):
-        if not args.quiet:
-            print(f"generating {args.n:,} rows from {args.source} into {args.out}",
-                  flush=True)
-        result = augment_store(args.source, args.out, args.n, seed=args.seed, split=args.split,
-                               chunk_rows=args.chunk_rows, compressor=args.compressor,
-                               originals=not args.no_originals, strength=args.strength, image_shape=shape,
-                               overwrite=args.overwrite, progress=not args.quiet)
+    try:
+        with _client(args):
+            if not args.quiet:
+                print(f"generating {args.n:,} rows from {args.source} into {args.out}", flush=True)
+            result = augment_store(args.source, args.out, args.n, seed=args.seed, split=args.split,
+                                   chunk_rows=args.chunk_rows, compressor=args.compressor,
+                                   originals=not args.no_originals, strength=args.strength, image_shape=shape,
+                                   overwrite=args.overwrite, progress=not args.quiet)
+    except BaseException:
+        if partial_path(args.out).exists():
+            print(f"distkm: the chunks written so far are kept in {partial_path(args.out)}; run the same command "
+                  "again to resume", file=sys.stderr)
+        raise
     resumed = f", resumed with {result['resumed_chunks']} chunks already written" if result["resumed_chunks"] else ""
     print(f"wrote {args.out}: {result['rows']:,} rows in {result['seconds']:.1f} s "
           f"({result['rows_written'] / result['seconds']:,.0f} rows/s{resumed}); "

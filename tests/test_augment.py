@@ -104,7 +104,7 @@ def test_killed_generation_resumes_to_the_same_bytes(tmp_path, client, mnist_tes
     proc.wait()
     written = len(list(chunk_dir.iterdir()))
     assert 15 <= written < 120 and not out.exists()
-    with pytest.raises(ValueError, match="is incomplete .* resume it with: distkm augment"):
+    with pytest.raises(ValueError, match="is incomplete .* run the `distkm augment` command that was writing it again"):
         KMeans(10).fit(partial_path(out))
     result = subprocess.run(argv[:-1], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -164,22 +164,22 @@ def test_fit_on_200k_augmented_rows_with_1gib_workers(tmp_path, mnist_store):
     assert 0 < model.inertia_ < np.inf
 
 
-def test_printed_resume_command_restates_codec_and_image_shape(tmp_path, mnist_test):
-    """The resume command a partial store carries gives the same plan, for a non-default codec and shape."""
-    import shlex
+def test_text_from_a_store_is_never_printed_raw(tmp_path, mnist_test, capsys):
+    """An interrupted store's attributes (an old distkm wrote a resume command there) and its split names
+    reach the terminal escaped, and the advice comes from distkm, not from the store."""
+    import zarr
 
-    from distkm.apps.augment import _command, _plan
-    from distkm.cli import _parser
+    from distkm.cli import main
 
     x, y = mnist_test
-    source = tmp_path / "flat.zarr"
-    write_store(source, x[:300], y[:300], {}, chunk_rows=100)  # declares no image shape
-    out = tmp_path / "aug.zarr"
-    plan = _plan(source, out, 500, seed=3, split=None, chunk_rows=100, compressor="zstd:1", originals=True,
-                 strength=0.5, image_shape=(28, 28))
-    args = _parser().parse_args(shlex.split(_command(plan, out))[1:])
-    shape = tuple(int(v) for v in args.image_shape.split("x"))
-    again = _plan(args.source, args.out, args.n, seed=args.seed, split=args.split, chunk_rows=args.chunk_rows,
-                  compressor=args.compressor, originals=not args.no_originals, strength=args.strength,
-                  image_shape=shape)
-    assert again == plan
+    store = tmp_path / "evil.zarr"
+    write_store(store, x[:100], y[:100], {"splits": {"tr\x1b[2Jain": [0, 100]}}, chunk_rows=50)
+    assert main(["fit", str(store), "--split", "test", "--k", "2", "--out", str(tmp_path / "r"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "tr\\x1b[2Jain" in err, err
+    group = zarr.open_group(store, mode="r+")
+    group.attrs["distkm"] = {**group.attrs["distkm"], "complete": False, "augment": {"n": 100},
+                             "resume_command": "\x1b]0;owned\x07 rm -rf ~"}
+    assert main(["fit", str(store), "--k", "2", "--out", str(tmp_path / "r"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "rm -rf" not in err and "run the `distkm augment` command" in err, err

@@ -14,7 +14,6 @@ chunk is written.
 
 from __future__ import annotations
 
-import shlex
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -106,7 +105,7 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
     out, work = Path(out), partial_path(out)
     check_output_path(out, overwrite=overwrite, inputs=[source])
     check_not_an_input(work, [source])
-    resumed = _resume_or_create(work, plan, resume_command=_command(plan, out))
+    resumed = _resume_or_create(work, plan)
     done = chunks_done(work)
     todo = [i for i in range(plan.n_chunks) if not done[i]]
     rows = [plan.chunk_rows_of(i) for i in todo]
@@ -147,22 +146,7 @@ def _plan(source, out, n, *, seed, split, chunk_rows, compressor, originals, str
                        settings, bool(originals), float(strength))
 
 
-def _command(plan, out):
-    words = ["distkm", "augment", plan.source, "--n", str(plan.n), "--seed", str(plan.seed),
-             "--chunk-rows", str(plan.chunk_rows), "--out", str(out)]
-    if plan.source_split:
-        words += ["--split", plan.source_split]
-    if not plan.originals:
-        words.append("--no-originals")
-    if plan.strength != 1.0:
-        words += ["--strength", str(plan.strength)]
-    # Resuming compares every field of the plan: the command must restate the codec and the image shape.
-    words += ["--compressor", "{cname}:{clevel}:{shuffle}".format(**plan.compressor),
-              "--image-shape", "x".join(map(str, plan.image_shape))]
-    return shlex.join(words)
-
-
-def _resume_or_create(work, plan, *, resume_command):
+def _resume_or_create(work, plan):
     """Resume a partial store made by the same plan; refuse one made by another; else create it."""
     if work.exists():
         try:
@@ -183,8 +167,7 @@ def _resume_or_create(work, plan, *, resume_command):
                          labels=has_labels, source_index=True,
                          compressor=blosc_compressor(plan.compressor),
                          attrs={"image_shape": list(plan.image_shape), "splits": splits, "augment": plan.to_attrs(),
-                                "source": {"store": plan.source, "split": plan.source_split},
-                                "resume_command": resume_command})
+                                "source": {"store": plan.source, "split": plan.source_split}})
     return False
 
 

@@ -24,6 +24,7 @@ from distkm import config
 from distkm.engine.passes import compute, map_reduce, row_offsets
 from distkm.evaluation.metrics import majority_mapping, mapped_accuracy, scores_from_table
 from distkm.io.outputs import write_text_atomic
+from distkm.io.stores import printable
 from distkm.kernels.assign import assign_labels, prepare_centers
 from distkm.kernels.evaluation import evaluate_chunk, merge_evaluations, silhouette_score
 from distkm.kernels.sampling import TopRows
@@ -132,7 +133,7 @@ class Evaluation:
         columns += [("silhouette", "{:.4f}")]
         lines = []
         for part in self.splits.values():
-            values = [part.name, part.rows, part.inertia / part.rows]
+            values = [printable(part.name), part.rows, part.inertia / part.rows]
             if self.labelled:
                 s = part.scores
                 values += [s["accuracy"], s["nmi"], s["ari"], s["homogeneity"], s["completeness"], s["v_measure"]]
@@ -144,7 +145,8 @@ class Evaluation:
         text += [" ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths)))
                  for row in lines]
         if self.labelled:
-            text.append(f"accuracy: each cluster labelled with the majority class of its {self.mapping_split} rows")
+            split = printable(self.mapping_split)
+            text.append(f"accuracy: each cluster labelled with the majority class of its {split} rows")
         return "\n".join(text)
 
 
@@ -260,7 +262,7 @@ def _classes(store):
         raise ValueError(f"store {str(store.path)!r}: labels must be non-negative integers")
     if names is None or len(names) <= top:
         names = [str(i) for i in range(top + 1)]
-    return len(names), list(names)
+    return len(names), [printable(name) for name in names]  # they reach the terminal, the report, the pictures
 
 
 def _silhouette(sample, centers, dtype):

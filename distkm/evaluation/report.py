@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from distkm.io.outputs import write_text_atomic
+from distkm.io.stores import printable
 
 logger = logging.getLogger("distkm")
 
@@ -140,7 +141,7 @@ def _draw(run_dir, meta, model, evaluation, image_shape):
             notes.append(f"no image pictures: rows of {model.cluster_centers_.shape[1]} features are not images "
                          "of a known shape")
         else:
-            split = f" ({evaluation.mapping_split} rows)" if evaluation is not None else ""
+            split = f" ({printable(evaluation.mapping_split)} rows)" if evaluation is not None else ""
             drawn["centroids"] = [pics.plot_centroids(model.cluster_centers_, image_shape, tmp / "centroids.png",
                                                       titles=titles, suptitle=f"the {len(titles)} centroids{split}")]
             part = evaluation.splits[evaluation.mapping_split] if evaluation is not None else None
@@ -151,7 +152,7 @@ def _draw(run_dir, meta, model, evaluation, image_shape):
             part = evaluation.splits[evaluation.mapping_split]
             drawn["confusion"] = [pics.plot_confusion(part.table, evaluation.class_names,
                                                       evaluation.cluster_to_class, tmp / "confusion.png",
-                                                      title=f"clusters vs true labels ({part.name} rows)")]
+                                                      title=f"clusters vs true labels ({printable(part.name)} rows)")]
         final = run_dir / PICTURES
         if final.exists():
             shutil.rmtree(final)
@@ -237,11 +238,11 @@ def _evaluation_section(evaluation):
             cells += [f"{s[key]:.4f}" for key in ("accuracy", "nmi", "ari", "homogeneity", "completeness",
                                                    "v_measure")]
         cells.append("-" if part.silhouette is None else f"{part.silhouette:.4f} ({part.silhouette_sample:,})")
-        lines.append(f"| {part.name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {printable(part.name)} | " + " | ".join(cells) + " |")
     lines.append("")
     if evaluation.labelled:
         lines += [f"Accuracy: every cluster is labelled with the most frequent true class of its "
-                  f"{evaluation.mapping_split} rows, and that labelling scores every split.", ""]
+                  f"{printable(evaluation.mapping_split)} rows, and that labelling scores every split.", ""]
         mapping = evaluation.cluster_to_class
         names_of = [evaluation.class_names[c] if c >= 0 else "∅" for c in mapping]
         counts = np.bincount(mapping[mapping >= 0], minlength=len(evaluation.class_names))

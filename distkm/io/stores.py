@@ -94,9 +94,19 @@ class ImageStore:
             return 0, self.images.shape[0]
         splits = self.attrs.get("splits", {})
         if split not in splits:
-            raise ValueError(f"store {str(self.path)!r} has no split {split!r} (it has: {', '.join(splits) or 'none'})")
+            raise ValueError(f"store {str(self.path)!r} has no split {split!r} "
+                             f"(it has: {', '.join(map(printable, splits)) or 'none'})")
         start, stop = splits[split]
         return int(start), int(stop)
+
+
+def printable(text):
+    """``text`` safe to print on a terminal: control characters (ANSI escapes...) shown escaped.
+
+    Names and attributes read from a store or a run folder go through it
+    before they reach the terminal or a report.
+    """
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def open_store(path, *, split=None, array="images"):
@@ -128,12 +138,13 @@ def open_store(path, *, split=None, array="images"):
     else:
         group_attrs = dict(node.attrs.get("distkm", {}))
         if group_attrs.get("complete") is False:
-            how = (f"resume it with: {group_attrs['resume_command']}" if "resume_command" in group_attrs
+            # Advice from what distkm knows, never text from the store (it is printed to a terminal).
+            how = ("run the `distkm augment` command that was writing it again to resume it" if "augment" in group_attrs
                    else "write it again")
             raise ValueError(f"store {str(path)!r} is incomplete (its writing was interrupted); {how}")
         members = sorted(node.array_keys())
         if array not in members:
-            held = ", ".join(members) or "nothing"
+            held = ", ".join(map(printable, members)) or "nothing"
             raise ValueError(f"store {str(path)!r} has no {array!r} array (it holds: {held})")
         images = node[array]
         labels = node["labels"] if "labels" in members else None
@@ -288,5 +299,5 @@ def mark_complete(path, **extra):
     if not done.all():
         raise RuntimeError(f"{path}: {int((~done).sum())} chunk(s) missing; the store stays incomplete")
     group = zarr.open_group(path, mode="r+")
-    attrs = {k: v for k, v in group.attrs["distkm"].items() if k != "resume_command"}
+    attrs = dict(group.attrs["distkm"])
     group.attrs["distkm"] = {**attrs, **extra, "complete": True}
