@@ -150,7 +150,7 @@ def _fit(args):
     start = time.perf_counter()
     params = dict(n_clusters=args.k, init=_parse_init(args.init), n_init=_parse_n_init(args.n_init),
                   max_iter=args.max_iter, tol=args.tol, random_state=args.seed, dtype=args.dtype,
-                  verbose=0 if args.quiet else 1, cache=_parse_cache(args.cache), algorithm=args.algorithm)
+                  cache=_parse_cache(args.cache), algorithm=args.algorithm)
     init_path = [args.init] if args.init not in ("k-means++", "k-means||", "random") else []
     job = FitJob(args.store, args.out, params=params, split=args.split, inputs=init_path, overwrite=args.overwrite,
                  resume=args.resume)
@@ -162,7 +162,8 @@ def _fit(args):
                 print(f"distkm {__version__}: k={args.k} on {args.store} ({x.shape[0]:,} rows x {x.shape[1]}, "
                       f"{x.numblocks[0]} chunk{'s' if x.numblocks[0] != 1 else ''}), "
                       f"{len(client.scheduler_info()['workers'])} workers", flush=True)
-            _, evaluation = job.run(evaluate=not args.no_evaluate, pictures=not args.no_pictures, seed=args.seed or 0)
+            _, evaluation = job.run(evaluate=not args.no_evaluate, pictures=not args.no_pictures, seed=args.seed or 0,
+                                    progress=None if args.quiet else _print_progress)
     except CheckpointError:  # resuming again would fail again: the error says what to do
         raise
     except BaseException:
@@ -178,6 +179,28 @@ def _fit(args):
         print(evaluation.table())
     print(f"results in {args.out}/ (model.json, centroids.zarr, labels.zarr, report.md"
           f"{'' if args.no_evaluate else ', evaluation.json'}{'' if args.no_pictures else ', pictures/'})")
+
+
+def _print_progress(event, **info):
+    """The fit's progress lines on the terminal (``KMeans(verbose=1)`` prints scikit-learn's instead)."""
+    if event == "checkpoint":
+        resumed = info["resumed"]
+        print(f"Checkpointing after every iteration to {info['path']}" if resumed is None else
+              f"Resuming from {info['path']}: initialization {resumed[0] + 1}, iteration {resumed[1]}", flush=True)
+    elif event == "init":
+        print(f"Initialization {info['run'] + 1}/{info['n_init']} ({info['init']})", flush=True)
+    elif event == "iteration":
+        record = info["record"]
+        if "pass" in record:  # a mini-batch step
+            print(f"Step {record['iteration']} (pass {record['pass']}, {record['rows']:,} rows), inertia estimate "
+                  f"{record['inertia']:.6g}, squared center shift {record['center_shift']:.3g}", flush=True)
+            return
+        relocated = f", empty clusters {record['relocated']} relocated" if record["relocated"] else ""
+        print(f"Iteration {record['iteration']}, inertia {record['inertia']:.6g}, squared center shift "
+              f"{record['center_shift']:.3g} (tol {info['tol']:.3g}){relocated}", flush=True)
+    elif event == "end":
+        state = "converged" if info["converged"] else "stopped at max_iter"
+        print(f"{state} after {info['n_iter']} iterations, inertia {info['inertia']:.6g}", flush=True)
 
 
 def _report_flags(parser):
@@ -437,7 +460,8 @@ def _parser():
     fit.add_argument("--n-init", default="auto",
                      help="initialisations to try (auto: 1 for k-means++ and k-means||, 10 for random)")
     fit.add_argument("--seed", type=int, default=None, help="random seed: same seed, same bits on any cluster")
-    fit.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    fit.add_argument("--dtype", choices=["float32", "float64"],
+                     help="compute dtype (default: float32 for integer pixels, the store's own for floats)")
     fit.add_argument("--overwrite", action="store_true", help="replace an existing run folder once the new one is done")
     fit.add_argument("--resume", action="store_true",
                      help="continue an interrupted fit from its last checkpoint (OUT.partial)")
@@ -467,7 +491,8 @@ def _parser():
     sweeper.add_argument("--max-iter", type=int, default=300)
     sweeper.add_argument("--tol", type=float, default=1e-4)
     sweeper.add_argument("--n-init", default="auto")
-    sweeper.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    sweeper.add_argument("--dtype", choices=["float32", "float64"],
+                         help="compute dtype (default: float32 for integer pixels, the store's own for floats)")
     sweeper.add_argument("--silhouette-sample", type=int,
                          help="rows sampled for the silhouette score (default distkm.silhouette-sample; 0 skips it)")
     _cache_flag(sweeper, "for all the fits")

@@ -19,6 +19,7 @@ import numpy as np
 import zarr
 from dask.utils import format_bytes
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
@@ -50,7 +51,7 @@ class KMeans(ClassNamePrefixFeaturesOutMixin, TransformerMixin, ClusterMixin, Ba
     ----------
     n_clusters : int, default=8
         Number of clusters.
-    init : {"k-means++", "k-means||", "random"} or array-like of shape (n_clusters, n_features), \
+    init : {"k-means++", "k-means||", "random"}, callable or array-like of shape (n_clusters, n_features), \
 default="k-means++"
         "k-means++" runs scikit-learn's k-means++ on a uniform sample of
         ``init_sample_size`` rows (all rows when there are fewer), gathered
@@ -60,7 +61,14 @@ default="k-means++"
         their squared distance to the previous ones, a last pass weights them,
         and k-means++ on the weighted candidates gives the centers (see
         :func:`distkm.engine.init.kmeans_parallel`). "random" picks ``n_clusters``
-        distinct rows.
+        distinct rows: on data in one chunk the rows scikit-learn picks for
+        the same ``random_state`` (``RandomState.choice`` with uniform
+        probabilities), on more chunks ``RandomState.choice(n, k,
+        replace=False)`` (with ``sample_weight``: in proportion to the
+        weights, as scikit-learn). A callable is called as scikit-learn calls
+        it, ``init(X, n_clusters, random_state=random_state)``, with ``X`` as
+        given to ``fit`` (a numpy array, or a dask array for anything else),
+        and must return an array of shape (n_clusters, n_features).
     n_init : "auto" or int, default="auto"
         Number of initialisations; the run with the lowest inertia is kept.
         "auto" is 1 for "k-means++", "k-means||" or an array, 10 for "random".
@@ -70,12 +78,16 @@ default="k-means++"
         Relative tolerance: stop when the squared center shift is at most
         ``tol`` times the mean per-feature variance of the data.
     verbose : int, default=0
-        Print the iteration, inertia and center shift as the fit progresses.
+        Print scikit-learn's progress lines ("Initialization complete",
+        "Iteration i, inertia v.", "Converged at iteration i: ...").
     random_state : int, RandomState instance or None, default=None
         Seeds the initialisation. Results for a given seed are bit-identical
         whatever the number of workers or threads.
-    dtype : {"float32", "float64"}, default="float32"
-        Compute dtype of distances and centers. Per-cluster sums are always
+    dtype : {"float32", "float64"} or None, default=None
+        Compute dtype of distances and centers. ``None`` follows the input as
+        scikit-learn does (float64 in, float64 out; float32 in, float32 out),
+        except for integer and boolean input (pixels), computed in float32:
+        see "Differences from scikit-learn". Per-cluster sums are always
         accumulated in float64 (exactly, for integer pixels).
     split_every : int, optional
         Fan-in of the reduction tree (default ``distkm.split-every``).
@@ -86,9 +98,10 @@ default="k-means++"
         (JSON and ``.npy`` files, each written atomically). A fit given a folder that holds a
         checkpoint of the same parameters and data resumes from it and ends
         bit-identical to an uninterrupted fit; one made otherwise is refused.
-    algorithm : {"lloyd", "minibatch"}, default="lloyd"
+    algorithm : {"lloyd", "elkan", "minibatch"}, default="lloyd"
         "lloyd": every iteration is a pass over all rows, as scikit-learn's
-        ``KMeans``. "minibatch": each step updates the centers from
+        ``KMeans``. "elkan" is accepted for scikit-learn's sake and gives
+        exactly the results of "lloyd" (as scikit-learn's Elkan does). "minibatch": each step updates the centers from
         ``batch_chunks`` random row chunks, as scikit-learn's
         ``MiniBatchKMeans`` does from random rows (see :mod:`distkm.engine.minibatch`);
         ``max_iter`` then counts passes over the data, and the run stops early
@@ -102,6 +115,10 @@ default="k-means++"
         "auto" does it when a distributed client is active and the data takes
         at most ``distkm.cache-fraction`` of the workers' memory (see :mod:`distkm.engine.cache`). The
         results do not change.
+    copy_x : bool, default=True
+        Accepted for scikit-learn's sake: distkm never modifies its input
+        (every kernel reads the rows and writes its own buffers), so there is
+        nothing to copy.
 
     Attributes
     ----------
@@ -122,6 +139,33 @@ default="k-means++"
         Per iteration of the kept run: inertia, squared center shift,
         relocated empty clusters.
 
+    Notes
+    -----
+    **Differences from scikit-learn.** Deliberate, and the only ones:
+
+    * Integer and boolean input (image pixels) is computed in float32, not
+      float64: per-cluster sums of integers below 2**24 are exact in float32
+      blocks, and the distances' GEMM runs twice as fast on half the memory.
+      Pass ``dtype="float64"`` for scikit-learn's arithmetic.
+    * ``init="k-means||"`` (scalable k-means++) and k-means++ on a sample of
+      ``init_sample_size`` rows when there are more: both avoid passes over
+      all rows per center. On up to ``init_sample_size`` rows, k-means++
+      gives scikit-learn's centers for the same ``random_state``.
+    * ``cache``, ``checkpoint``, ``split_every``, ``batch_chunks``,
+      ``algorithm="minibatch"``, and the attributes ``cluster_sizes_`` and
+      ``history_``.
+    * ``labels_``, ``predict`` and ``transform`` return lazy dask arrays for
+      dask, zarr or store-path input, chunked as the input's rows (chunks of
+      zero rows included).
+    * ``init="random"`` on data in more than one chunk, see ``init``.
+    * Exact ties: scikit-learn subtracts the data's mean before computing
+      distances, so a row exactly equidistant from two centers goes where
+      the rounding of the centered values sends it; distkm, which reads the
+      rows as they are, gives it to the lower-numbered center. So do both on
+      the farthest rows an empty cluster may take when their distances tie
+      across chunks. Without exact ties the results agree (float64 centers to
+      ~1e-12 from the same initial centers).
+
     Examples
     --------
     >>> from distkm import KMeans
@@ -131,24 +175,25 @@ default="k-means++"
 
     _parameter_constraints: dict = {
         "n_clusters": [Interval(Integral, 1, None, closed="left")],
-        "init": [StrOptions({"k-means++", "k-means||", "random"}), "array-like"],
+        "init": [StrOptions({"k-means++", "k-means||", "random"}), callable, "array-like"],
         "n_init": [StrOptions({"auto"}), Interval(Integral, 1, None, closed="left")],
         "max_iter": [Interval(Integral, 1, None, closed="left")],
         "tol": [Interval(Real, 0, None, closed="left")],
         "verbose": ["verbose"],
         "random_state": ["random_state"],
-        "dtype": [StrOptions({"float32", "float64"}), type],
+        "dtype": [None, StrOptions({"float32", "float64"}), type],
         "split_every": [None, Interval(Integral, 2, None, closed="left")],
         "init_sample_size": [None, Interval(Integral, 1, None, closed="left")],
         "checkpoint": [None, str, os.PathLike],
         "cache": [StrOptions({"auto"}), "boolean"],
-        "algorithm": [StrOptions({"lloyd", "minibatch"})],
+        "algorithm": [StrOptions({"lloyd", "elkan", "minibatch"})],
         "batch_chunks": [None, Interval(Integral, 1, None, closed="left")],
+        "copy_x": ["boolean"],
     }
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4, verbose=0,
-                 random_state=None, dtype="float32", split_every=None, init_sample_size=None, checkpoint=None,
-                 cache="auto", algorithm="lloyd", batch_chunks=None):
+                 random_state=None, dtype=None, split_every=None, init_sample_size=None, checkpoint=None,
+                 cache="auto", algorithm="lloyd", batch_chunks=None, copy_x=True):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -163,6 +208,7 @@ default="k-means++"
         self.cache = cache
         self.algorithm = algorithm
         self.batch_chunks = batch_chunks
+        self.copy_x = copy_x
 
     # ------------------------------------------------------------------ #
     # public API
@@ -186,7 +232,7 @@ default="k-means++"
         self._fit(X, sample_weight)
         return self
 
-    def _fit(self, X, sample_weight=None, final=None):
+    def _fit(self, X, sample_weight=None, final=None, progress=None):
         """:meth:`fit`, whose pass after convergence can do more from the same read of the rows.
 
         ``final`` holds keyword arguments of :func:`distkm.engine.lloyd.final_pass`
@@ -194,16 +240,23 @@ default="k-means++"
         pass then also writes the labels and tabulates the evaluation, which
         is how ``distkm fit`` reads its rows once after convergence. Returns
         the evaluation tables (``None`` without ``final``).
+
+        ``progress(event, **info)`` hears how the fit goes, for the command
+        line's own progress lines: ``"checkpoint"`` (``path``, ``resumed``:
+        ``(run, iteration)`` or None), ``"init"`` (``run``, ``n_init``,
+        ``init``), ``"iteration"`` (``record``, ``tol``), ``"end"``
+        (``converged``, ``n_iter``, ``inertia``).
         """
         self._validate_params()
+        report = progress or (lambda event, **info: None)
         cached = X if isinstance(X, CachedRows) else None
         x = cached.source if cached is not None else as_dask_array(X)
         n_samples, n_features = x.shape
         if n_samples < self.n_clusters:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
-        dtype = self._compute_dtype()
+        dtype = self._compute_dtype(x)
         weights = _check_sample_weight(sample_weight, x)
-        init, n_init = self._check_init(n_features)
+        init, n_init = self._check_init(X, x, n_features)
         split_every = self.split_every or config.split_every()
         block_rows = config.block_rows()
         sample_size = self.init_sample_size or config.get("init-sample-size")
@@ -227,51 +280,49 @@ default="k-means++"
         checkpoint = fingerprint = resumed = None
         if self.checkpoint is not None:
             checkpoint = Checkpoint(self.checkpoint)
-            fingerprint = self._fingerprint(x, summary, init, n_init, sample_size, split_every, block_rows, weights)
+            fingerprint = self._fingerprint(x, summary, init, n_init, sample_size, split_every, block_rows, weights,
+                                            dtype)
             resumed = checkpoint.load(fingerprint)
-            if self.verbose:
-                print(f"Checkpointing after every iteration (or batch) to {self.checkpoint}" if resumed is None else
-                      f"Resuming from {self.checkpoint}: initialization {resumed.run + 1}/{n_init}, "
-                      f"iteration {len(resumed.history)}")
+            report("checkpoint", path=self.checkpoint,
+                   resumed=None if resumed is None else (resumed.run, len(resumed.history)))
         best = resumed.best if resumed is not None else None
         for run in range(resumed.run if resumed is not None else 0, n_init):
             if resumed is not None and run == resumed.run:
                 random_state.set_state(resumed.rng_state)
                 centers, history, done = resumed.centers, resumed.history, resumed.converged
             else:
-                if self.verbose:
-                    print(f"Initialization {run + 1}/{n_init} ({init if isinstance(init, str) else 'given array'})")
+                report("init", run=run, n_init=n_init, init=init if isinstance(init, str) else "given array")
                 centers = init_centers(x, self.n_clusters, init, random_state, weights=weights,
                                        sample_size=sample_size, dtype=dtype, split_every=split_every,
                                        block_rows=block_rows, oversampling=config.get("init-oversampling"),
                                        rounds=config.get("init-rounds"))
                 history, done = [], False
+                if self.verbose:
+                    print("Initialization complete")
             rng_state = random_state.get_state()  # the state a resumed run must continue from
             on_iteration = None
             if checkpoint is not None:
                 def on_iteration(centers, history, converged, run=run, rng_state=rng_state):
                     checkpoint.save(FitState(fingerprint, run, centers, history, converged, rng_state, best))
-            progress = partial(_report_iteration, run=run, n_clusters=self.n_clusters, verbose=self.verbose,
-                               checkpointed=checkpoint is not None)
+            on_record = partial(_report_iteration, run=run, n_clusters=self.n_clusters, tol=tol, verbose=self.verbose,
+                                report=report)
             if self.algorithm == "minibatch" and not done:
                 # Checkpointed once finished: a killed mini-batch run restarts (it is one or two passes).
                 result = minibatch(x, centers, summary=summary, max_passes=self.max_iter, tol=tol, dtype=dtype,
                                    random_state=random_state, batch_chunks=batch_chunks, weights=weights,
-                                   split_every=split_every, block_rows=block_rows, callback=progress)
+                                   split_every=split_every, block_rows=block_rows, callback=on_record)
                 if on_iteration is not None:
                     on_iteration(result.centers, result.history, True)
             else:
                 result = lloyd.lloyd(x, centers, summary=summary, max_iter=self.max_iter, tol=tol, dtype=dtype,
                                      weights=weights, split_every=split_every, block_rows=block_rows,
-                                     callback=progress, history=history, converged=done, on_iteration=on_iteration,
+                                     callback=on_record, history=history, converged=done, on_iteration=on_iteration,
                                      cached=cached)
             # With one run, its final pass is the last: it does what ``final`` asks too.
             last = lloyd.final_pass(x, result.centers, dtype, weights=weights, split_every=split_every,
                                     block_rows=block_rows, cached=cached, **(final if n_init == 1 and final else {}))
             final_stats, tables = last.stats, last.evaluation
-            if self.verbose:
-                state = "converged" if result.converged else "stopped at max_iter"
-                print(f"{state} after {result.n_iter} iterations, inertia {final_stats.inertia:.6g}")
+            report("end", converged=result.converged, n_iter=result.n_iter, inertia=final_stats.inertia)
             if best is None or final_stats.inertia < best["inertia"]:
                 best = {"inertia": float(final_stats.inertia), "n_iter": result.n_iter, "history": result.history,
                         "sizes": final_stats.sizes, "centers": result.centers}
@@ -287,6 +338,11 @@ default="k-means++"
         self.n_features_in_ = n_features
         self._n_features_out = self.n_clusters
         self.labels_ = self._output(X, lloyd.assign_lazy(data, self.cluster_centers_, dtype, block_rows=block_rows))
+        distinct = int(np.count_nonzero(self.cluster_sizes_))
+        if distinct < self.n_clusters:
+            warnings.warn(f"Number of distinct clusters ({distinct}) found smaller than n_clusters "
+                          f"({self.n_clusters}). Possibly due to duplicate points in X.", ConvergenceWarning,
+                          stacklevel=3)
         return tables if final else None
 
     def fit_predict(self, X, y=None, sample_weight=None):
@@ -320,13 +376,13 @@ default="k-means++"
                                   block_rows=config.block_rows())
         return -float(final.inertia)
 
-    def _fingerprint(self, x, summary, init, n_init, sample_size, split_every, block_rows, weights):
+    def _fingerprint(self, x, summary, init, n_init, sample_size, split_every, block_rows, weights, dtype):
         """What must not change between a checkpoint and its resumption (JSON-able)."""
         random_state = self.random_state if isinstance(self.random_state, (int, type(None))) else "RandomState"
         return {
             "params": {"n_clusters": self.n_clusters, "init": init if isinstance(init, str) else digest(init),
                        "n_init": n_init, "max_iter": self.max_iter, "tol": self.tol, "random_state": random_state,
-                       "dtype": np.dtype(self.dtype).name, "split_every": split_every,
+                       "dtype": dtype.name, "split_every": split_every,
                        "init_sample_size": sample_size, "block_rows": block_rows,
                        "init_rounds": config.get("init-rounds"),
                        "init_oversampling": config.get("init-oversampling"),
@@ -341,22 +397,37 @@ default="k-means++"
     # ------------------------------------------------------------------ #
     # checks at the door
     # ------------------------------------------------------------------ #
-    def _compute_dtype(self):
+    def _compute_dtype(self, x):
+        """``dtype``, or the input's float dtype (float32 for integer input: see the class docstring)."""
+        if self.dtype is None:
+            return x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(
+                np.float64 if x.dtype.kind == "f" else np.float32)
         dtype = np.dtype(self.dtype)
         if dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
         return dtype
 
-    def _check_init(self, n_features):
+    def _check_init(self, X, x, n_features):
+        """The init (a name, or centers as float64) and the number of runs, with scikit-learn's checks."""
         init = self.init
         if isinstance(init, str):
             n_init = (10 if init == "random" else 1) if self.n_init == "auto" else self.n_init
             return init, n_init
+        if callable(init):
+            given = X if isinstance(X, np.ndarray) else x
+            init = init(given, self.n_clusters, random_state=check_random_state(self.random_state))
         init = np.asarray(init)
-        if init.shape != (self.n_clusters, n_features):
-            raise ValueError(f"init array has shape {init.shape}, expected (n_clusters, n_features) = "
-                             f"({self.n_clusters}, {n_features})")
-        if init.dtype.kind not in "uif" or not np.isfinite(init).all():
+        if init.ndim != 2:
+            raise ValueError(f"The initial centers must be a 2-D array of shape (n_clusters, n_features), got shape "
+                             f"{init.shape}.")
+        # scikit-learn's words (_validate_center_shape), so that code matching on them keeps working
+        if init.shape[0] != self.n_clusters:
+            raise ValueError(f"The shape of the initial centers {init.shape} does not match the number of clusters "
+                             f"{self.n_clusters}.")
+        if init.shape[1] != n_features:
+            raise ValueError(f"The shape of the initial centers {init.shape} does not match the number of features "
+                             f"of the data {n_features}.")
+        if init.dtype.kind not in "buif" or not np.isfinite(init).all():
             raise ValueError("init array must hold finite real numbers (it has NaN, inf or non-numbers)")
         if self.n_init not in ("auto", 1):
             warnings.warn(f"Explicit initial center position passed: performing only one init in {type(self).__name__} "
@@ -381,6 +452,9 @@ default="k-means++"
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
+        # dtype=None follows floating input; an explicit dtype is what comes out, whatever came in.
+        tags.transformer_tags.preserves_dtype = (["float64", "float32"] if self.dtype is None
+                                                 else [np.dtype(self.dtype).name])
         return tags
 
 
@@ -403,22 +477,25 @@ def _check_sample_weight(sample_weight, x):
     return w
 
 
-def _report_iteration(record, *, run, n_clusters, verbose, checkpointed=False):
-    """Every iteration goes to the dashboard's /distkm page; and to stdout when verbose."""
+def _report_iteration(record, *, run, n_clusters, tol, verbose, report):
+    """Every iteration goes to the dashboard's /distkm page, to ``report``, and with ``verbose`` to stdout.
+
+    The verbose lines are scikit-learn's (iterations counted from 0; strict
+    convergence is unchanged labels, which leave the centers exactly where they were).
+    """
     dashboard.publish("iteration", {**record, "run": run, "n_clusters": n_clusters})
-    if verbose:
-        _print_iteration(record, checkpointed)
-
-
-def _print_iteration(record, checkpointed=False):
-    if "pass" in record:  # a mini-batch step
-        print(f"Step {record['iteration']} (pass {record['pass']}, {record['rows']:,} rows), inertia estimate "
-              f"{record['inertia']:.6g}, center shift {record['center_shift']:.3g}", flush=True)
+    report("iteration", record=record, tol=tol)
+    if not verbose:
         return
-    relocated = f", relocated {record['relocated']}" if record["relocated"] else ""
-    saved = ", checkpointed" if checkpointed else ""
-    print(f"Iteration {record['iteration']}, inertia {record['inertia']:.6g}, "
-          f"center shift {record['center_shift']:.3g}{relocated}{saved}", flush=True)
+    i, shift = record["iteration"] - 1, record["center_shift"]
+    if "pass" in record:  # a mini-batch step, as MiniBatchKMeans says it
+        print(f"Minibatch step {i + 1}: mean batch inertia: {record['inertia'] / record['rows']}")
+        return
+    print(f"Iteration {i}, inertia {record['inertia']}.")
+    if shift == 0 and i > 0:
+        print(f"Converged at iteration {i}: strict convergence.")
+    elif shift <= tol:
+        print(f"Converged at iteration {i}: center shift {shift} within tolerance {tol}.")
 
 
 def load_model(run_dir):

@@ -40,7 +40,8 @@ def test_fit_writes_a_complete_run_folder(fitted_run, mnist_test_store):
                                                      "model.json", "pictures", "report.md"]
     meta = json.loads((out / "model.json").read_text())
     assert meta["params"] == {"n_clusters": 10, "init": "k-means++", "n_init": "auto", "max_iter": 12,
-                              "tol": 1e-4, "random_state": 0, "dtype": "float32", "algorithm": "lloyd"}
+                              "tol": 1e-4, "random_state": 0, "dtype": None, "algorithm": "lloyd"}
+    assert meta["dtype"] == "float32"  # dtype=None: uint8 pixels are computed in float32
     assert meta["data"]["path"] == str(mnist_test_store.resolve()) and meta["data"]["n_samples"] == 10000
     assert meta["n_iter"] == len(meta["history"]) <= 12
     assert sum(meta["cluster_sizes"]) == 10000
@@ -171,7 +172,8 @@ def bad_stores(tmp_path):
     (["sweep", "{tmp}/nan.zarr", "--k", "2,3", "--n-workers", "1"], "X contains 1 NaN or infinite value(s)"),
     (["fit", "{store}", "--k", "0"], "'n_clusters' parameter of KMeans must be an int in the range [1, inf)"),
     (["fit", "{store}", "--k", "10001"], "n_samples=10000 should be >= n_clusters=10001."),
-    (["fit", "{store}", "--k", "10", "--init", "{tmp}/init-wrong.npy"], "init array has shape (3, 784), expected"),
+    (["fit", "{store}", "--k", "10", "--init", "{tmp}/init-wrong.npy"],
+     "The shape of the initial centers (3, 784) does not match the number of clusters 10"),
     (["fit", "{store}", "--k", "10", "--max-iter", "0"], "'max_iter' parameter"),
     (["fit", "{store}", "--k", "3", "--scheduler", "tcp://127.0.0.1:{port}"], "cannot reach the Dask scheduler at"),
     (["fit", "{store}", "--k", "3", "--out", "{tmp}/existing"], "already exists; pass --overwrite"),

@@ -20,7 +20,8 @@ def _sync():
         yield
 
 
-@parametrize_with_checks([KMeans(n_clusters=3, n_init=2, max_iter=5, dtype="float64")],
+@parametrize_with_checks([KMeans(n_clusters=3, n_init=2, max_iter=5),  # the default: dtype follows the input
+                          KMeans(n_clusters=3, n_init=2, max_iter=5, dtype="float64")],
                          expected_failed_checks=lambda est: EXPECTED_FAILURES)
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)

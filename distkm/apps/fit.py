@@ -92,8 +92,10 @@ class FitJob:
                 shutil.rmtree(self.work, ignore_errors=True)
             raise
 
-    def run(self, *, evaluate=True, pictures=True, seed=0):
+    def run(self, *, evaluate=True, pictures=True, seed=0, progress=None):
         """Fit, write the labels, the model, the evaluation and the report into ``work``.
+
+        ``progress`` hears the fit's events (see :meth:`distkm.KMeans._fit`).
 
         Returns
         -------
@@ -112,7 +114,7 @@ class FitJob:
             final.update(evaluation=plan.settings[fitted_split],
                          classes=None if self.store.labels is None else self.store.labels[self.start:self.start
                                                                                            + self.x.shape[0]])
-        tables = self.model._fit(self.x, final=final)
+        tables = self.model._fit(self.x, final=final, progress=progress)
         fit_seconds = time.perf_counter() - started
         if final["labels_to"] is None:  # rows in irregular chunks: the labels get a pass of their own
             write_labels(labels_path, self.model.labels_, attrs=attrs)

@@ -53,8 +53,18 @@ def init_centers(x, n_clusters, init, random_state, *, weights=None, sample_size
         return np.array(init, dtype=np.float64)
     n = x.shape[0]
     if init == "random":
-        # scikit-learn: random_state.choice(n, k, replace=False, p=w / w.sum())
-        p = None if weights is None else np.asarray(weights, dtype=np.float64) / float(weights.sum())
+        # scikit-learn: random_state.choice(n, k, replace=False, p=w / w.sum()), its unit weights in the
+        # dtype it computes in. On one chunk, the same; on more, unweighted rows are drawn without
+        # probabilities (no array of n of them on the client).
+        sklearn_dtype = np.float32 if x.dtype == np.float32 else np.float64
+        if weights is not None:
+            w = np.asarray(weights, dtype=sklearn_dtype)
+            p = w / w.sum()
+        elif x.numblocks[0] == 1:
+            ones = np.ones(n, dtype=sklearn_dtype)
+            p = ones / ones.sum()
+        else:
+            p = None
         seeds = random_state.choice(n, size=n_clusters, replace=False, p=p)
         return take_rows(x, seeds)
     if init == "k-means++":

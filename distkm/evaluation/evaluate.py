@@ -215,7 +215,7 @@ def evaluate_store(model, store, *, mapping_split=None, n_members=20, silhouette
                                silhouette_sample=silhouette_sample, seed=seed)
     x, y = store.images, store.labels
     centers = np.asarray(model.cluster_centers_)
-    dtype = np.dtype(model.dtype)
+    dtype = model.cluster_centers_.dtype
     known = dict(known or {})
     jobs = {}
     for name, (start, stop) in plan.splits.items():

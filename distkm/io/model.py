@@ -60,7 +60,7 @@ def save_model(run_dir, model, *, data=None, extra=None):
     params["init"] = params["init"] if isinstance(params["init"], str) else "array"
     if not isinstance(params["random_state"], (int, type(None))):
         params["random_state"] = "RandomState"
-    params["dtype"] = np.dtype(params["dtype"]).name
+    params["dtype"] = None if params["dtype"] is None else np.dtype(params["dtype"]).name
     doc = {
         "format": MODEL_FORMAT,
         "format_version": MODEL_FORMAT_VERSION,

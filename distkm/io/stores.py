@@ -173,7 +173,12 @@ def _zarr_to_dask(z, where):
     if z.ndim != 2:
         raise ValueError(f"{where} must be 2-D (n_samples, n_features), got shape {z.shape}")
     _check_dtype(z.dtype, where)
-    return _full_rows(_read_lazily(z, where))
+    return _as_numbers(_full_rows(_read_lazily(z, where)))
+
+
+def _as_numbers(x):
+    """Boolean rows as uint8 (0 and 1, exactly): the kernels then treat them as pixels."""
+    return x.astype(np.uint8) if x.dtype == bool else x
 
 
 def _read_lazily(z, where):
@@ -211,8 +216,8 @@ def _check_dtype(dtype, where):
     dtype = np.dtype(dtype)
     if dtype.kind == "c":
         raise ValueError(f"Complex data not supported: {where} has dtype {dtype}")
-    if dtype.kind not in "uif":
-        raise TypeError(f"{where} must hold real numbers (uint8, integer or float), got dtype {dtype}")
+    if dtype.kind not in "buif":
+        raise TypeError(f"{where} must hold real numbers (uint8, integer, float or bool), got dtype {dtype}")
 
 
 def _full_rows(x):
@@ -239,7 +244,7 @@ def as_dask_array(X, *, name="X"):
         if X.ndim != 2:
             raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape {X.shape}")
         _check_dtype(X.dtype, name)
-        return _full_rows(X)
+        return _as_numbers(_full_rows(X))
     if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
         raise TypeError(f"Sparse data is not supported: {name} must be dense (use X.toarray() for small data)")
     try:
@@ -254,7 +259,7 @@ def as_dask_array(X, *, name="X"):
     _check_dtype(X.dtype, name)
     if X.dtype.kind == "f" and not np.isfinite(X).all():  # in memory already: checking costs little
         raise ValueError(f"{name} contains NaN or infinite values; k-means needs finite data")
-    return da.from_array(X, chunks=(config.get("chunk-rows"), -1))
+    return _as_numbers(da.from_array(X, chunks=(config.get("chunk-rows"), -1)))
 
 
 def create_store(path, *, n, n_features, chunk_rows, attrs, labels=True, source_index=False, compressor=None):

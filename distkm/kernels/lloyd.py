@@ -306,8 +306,10 @@ def merge_final_stats(*parts):
 class FarPoints(NamedTuple):
     """The rows of a chunk farthest from their assigned center, farthest first.
 
-    Ties are broken by the lower global row index, so the result does not
-    depend on how rows are split into chunks.
+    Within a chunk they are the rows scikit-learn picks,
+    ``np.argpartition(distances, -n)[:-n - 1:-1]`` (on data in one chunk,
+    scikit-learn's choice among tied rows); across chunks, ties go to the
+    lower global row index.
     """
 
     distances: np.ndarray  # (m,) float64
@@ -327,7 +329,8 @@ def farthest_points(X, centers, half_sq_norms, weights=None, *, n_points, row_of
     # Distances summed in the compute dtype, as scikit-learn's relocation ranks them.
     labels, dist = nearest_centers(X, centers, half_sq_norms, block_rows=block_rows, sum_dtype=centers.dtype)
     index = np.arange(row_offset, row_offset + X.shape[0], dtype=np.int64)
-    top = _farthest_first(dist, index)[:n_points]
+    n = min(n_points, X.shape[0])
+    top = np.argpartition(dist, -n)[:-n - 1:-1]  # scikit-learn's pick (_relocate_empty_clusters_dense)
     w = np.ones(top.shape[0]) if weights is None else np.asarray(weights, dtype=np.float64)[top]
     return FarPoints(dist[top], index[top], X[top].astype(np.float64), w, labels[top])
 
@@ -349,14 +352,17 @@ def relocate_empty_clusters(sums, cluster_weights, far):
     Same rule as scikit-learn's ``_relocate_empty_clusters_dense``: the
     point leaves its old cluster's sums and becomes the empty cluster's only
     member. ``far`` holds at least as many points as there are empty
-    clusters, farthest first.
+    clusters, farthest first. When every row sits on its center (more
+    clusters than distinct rows), nothing moves, as in scikit-learn.
 
     Returns
     -------
     ndarray of int
-        The indices of the clusters that were empty.
+        The indices of the clusters that were empty and were given a point.
     """
     empty = np.flatnonzero(cluster_weights == 0)
+    if len(far.distances) == 0 or far.distances.max() == 0:
+        return empty[:0]
     for cluster, x, w, old in zip(empty, far.rows, far.weights, far.labels):
         sums[old] -= x * w
         sums[cluster] = x * w
@@ -365,9 +371,17 @@ def relocate_empty_clusters(sums, cluster_weights, far):
     return empty
 
 
-def update_centers(sums, cluster_weights, old_centers):
-    """New centers: sums divided by weights; a cluster of zero weight keeps its center."""
-    centers = old_centers.astype(np.float64, copy=True)
+def update_centers(sums, cluster_weights):
+    """New centers: sums divided by weights, as scikit-learn's ``_average_centers``.
+
+    A cluster still empty (when no row could be moved to it, see
+    :func:`relocate_empty_clusters`) goes to the center of the heaviest
+    cluster, as scikit-learn means to place it. (scikit-learn's loop copies
+    that cluster's row before dividing it when it comes after the empty one;
+    distkm always copies the center.)
+    """
     nonempty = cluster_weights > 0
-    centers[nonempty] = sums[nonempty] / cluster_weights[nonempty, None]
+    centers = np.asarray(sums, dtype=np.float64) / np.where(nonempty, cluster_weights, 1.0)[:, None]
+    if not nonempty.all():
+        centers[~nonempty] = centers[np.argmax(cluster_weights)]
     return centers
