@@ -85,10 +85,10 @@ default="k-means++"
         whatever the number of workers or threads.
     dtype : {"float32", "float64"} or None, default=None
         Compute dtype of distances and centers. ``None`` follows the input as
-        scikit-learn does (float64 in, float64 out; float32 in, float32 out),
-        except for integer and boolean input (pixels), computed in float32:
-        see "Differences from scikit-learn". Per-cluster sums are always
-        accumulated in float64 (exactly, for integer pixels).
+        scikit-learn does (float64 in, float64 out; float32 in, float32 out;
+        wider integers in float64), except for 8-bit pixels (uint8, int8,
+        bool), computed in float32: see "Differences from scikit-learn".
+        Per-cluster sums are always accumulated in float64 (exactly, for 8-bit pixels).
     split_every : int, optional
         Fan-in of the reduction tree (default ``distkm.split-every``).
     init_sample_size : int, optional
@@ -143,10 +143,10 @@ default="k-means++"
     -----
     **Differences from scikit-learn.** Deliberate, and the only ones:
 
-    * Integer and boolean input (image pixels) is computed in float32, not
-      float64: per-cluster sums of integers below 2**24 are exact in float32
-      blocks, and the distances' GEMM runs twice as fast on half the memory.
-      Pass ``dtype="float64"`` for scikit-learn's arithmetic.
+    * 8-bit input (uint8 and int8 pixels, booleans) is computed in float32,
+      not float64: its per-cluster sums are exact in float32 blocks, and the
+      distances' GEMM runs twice as fast on half the memory. Pass
+      ``dtype="float64"`` for scikit-learn's arithmetic.
     * ``init="k-means||"`` (scalable k-means++) and k-means++ on a sample of
       ``init_sample_size`` rows when there are more: both avoid passes over
       all rows per center. On up to ``init_sample_size`` rows, k-means++
@@ -273,6 +273,7 @@ default="k-means++"
         summary = lloyd.summarize(x, weights, split_every=split_every, cached=cached)
         if summary.n_nonfinite:
             raise ValueError(f"X contains {summary.n_nonfinite} NaN or infinite value(s); k-means needs finite data")
+        _check_range(summary, dtype, x.dtype)
         if cached is not None and not isinstance(X, CachedRows):  # once the rows are known good (a sweep says it)
             logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))
         tol = lloyd.tolerance(summary, self.tol)
@@ -398,10 +399,11 @@ default="k-means++"
     # checks at the door
     # ------------------------------------------------------------------ #
     def _compute_dtype(self, x):
-        """``dtype``, or the input's float dtype (float32 for integer input: see the class docstring)."""
+        """``dtype``, or the input's float dtype (float32 for 8-bit pixels: see the class docstring)."""
         if self.dtype is None:
-            return x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(
-                np.float64 if x.dtype.kind == "f" else np.float32)
+            if x.dtype in (np.float32, np.float64):
+                return x.dtype
+            return np.dtype(np.float32 if x.dtype.kind in "uib" and x.dtype.itemsize == 1 else np.float64)
         dtype = np.dtype(self.dtype)
         if dtype not in (np.float32, np.float64):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
@@ -456,6 +458,22 @@ default="k-means++"
         tags.transformer_tags.preserves_dtype = (["float64", "float32"] if self.dtype is None
                                                  else [np.dtype(self.dtype).name])
         return tags
+
+
+def _check_range(summary, dtype, data_dtype):
+    """Refuse data whose squared norms the compute dtype cannot hold (distances would be inf, then NaN).
+
+    A dot product of a row and a center is at most the sum of the rows'
+    squared norms, so when that sum fits (with room for the factor 2 of the
+    distances and the GEMM's partial sums) no distance can overflow.
+    """
+    limit = float(np.finfo(dtype).max) / 16
+    if np.isfinite(summary.weighted_sq_norm) and summary.weighted_sq_norm <= limit and np.isfinite(summary.m2).all():
+        return
+    advice = ("pass dtype='float64'" if dtype == np.float32 else
+              "scale the data down (k-means is scale-equivariant)")
+    raise ValueError(f"X holds values too large for k-means in {dtype.name} (data dtype {data_dtype}): the sum of "
+                     f"squared row norms exceeds {limit:.1e}, so distances would overflow; {advice}")
 
 
 def _check_sample_weight(sample_weight, x):

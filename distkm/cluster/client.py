@@ -7,6 +7,7 @@ started here and closed when the ``with`` block ends; a running scheduler is onl
 from __future__ import annotations
 
 import logging
+import warnings
 import os
 from contextlib import contextmanager, nullcontext
 
@@ -191,7 +192,9 @@ def _local_cluster(settings, n_workers, threads_per_worker, memory_limit, *, pro
     n_workers = n_workers or settings.get("n-workers")
     if n_workers is None and not processes:  # LocalCluster would start one worker: keep one per core
         n_workers = max(1, CPU_COUNT // threads)
-    with _scheduler_settings(settings):
+    # A taken dashboard port is not the user's problem: another free one is used, and its link printed.
+    with _scheduler_settings(settings), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
         return LocalCluster(
             processes=processes,
             n_workers=n_workers,

@@ -145,25 +145,27 @@ def _summarize_block(X, weights=None):
 
 def merge_summaries(*parts):
     """Combine chunk summaries (Chan et al.'s parallel variance update)."""
-    total = parts[0]
-    for part in parts[1:]:
-        n = total.n + part.n
-        if part.n == 0:
-            continue
-        if total.n == 0:
-            total = part
-            continue
-        delta = part.mean - total.mean
-        mean = total.mean + delta * (part.n / n)
-        m2 = total.m2 + part.m2 + delta**2 * (total.n * part.n / n)
-        total = DataSummary(
-            n,
-            mean,
-            m2,
-            total.weight_sum + part.weight_sum,
-            total.weighted_sq_norm + part.weighted_sq_norm,
-            total.n_nonfinite + part.n_nonfinite,
-        )
+    # Huge or non-finite data overflows here: it is counted or measured, then refused at the door.
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = parts[0]
+        for part in parts[1:]:
+            n = total.n + part.n
+            if part.n == 0:
+                continue
+            if total.n == 0:
+                total = part
+                continue
+            delta = part.mean - total.mean
+            mean = total.mean + delta * (part.n / n)
+            m2 = total.m2 + part.m2 + delta**2 * (total.n * part.n / n)
+            total = DataSummary(
+                n,
+                mean,
+                m2,
+                total.weight_sum + part.weight_sum,
+                total.weighted_sq_norm + part.weighted_sq_norm,
+                total.n_nonfinite + part.n_nonfinite,
+            )
     return total
 
 
@@ -225,7 +227,7 @@ def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=BLOCK_R
     sums = np.zeros((k, d), dtype=np.float64)
     cluster_weights = np.zeros(k, dtype=np.float64)
     score = 0.0
-    exact_int = weights is None and X.dtype.kind in "ub" and dtype == np.float32
+    exact_int = weights is None and X.dtype.kind in "uib" and X.dtype.itemsize == 1 and dtype == np.float32
     block_rows = max(1, min(block_rows, MAX_EXACT_BLOCK_ROWS if exact_int else block_rows, m))
     # Buffers reused by every block: no allocation per block, and the same memory stays in cache.
     block = np.empty((block_rows, d), dtype=dtype)
