@@ -311,3 +311,29 @@ def test_store_ten_times_the_workers_memory(tmp_path, mnist_store):
     # Every chunk is the same chunk: the sizes are those of one chunk, times the number of chunks.
     one = KMeans(10, init=init, max_iter=2, tol=0).fit(zarr.open_array(mnist_store / "images", mode="r")[:10000])
     np.testing.assert_array_equal(model.cluster_sizes_, one.cluster_sizes_ * 1100)
+
+
+def test_fit_killed_after_its_model_is_saved_resumes_to_the_same_run(fine_store, tmp_path):
+    """Killed while evaluating or drawing (model.json already in OUT.partial): --resume finishes it."""
+    out = tmp_path / "run"
+    argv = [DISTKM, "fit", str(fine_store), "--k", "10", "--seed", "0", "--max-iter", "6", "--tol", "0",
+            "--out", str(out), "--n-workers", "2", "--quiet"]
+    proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    model_json = partial_path(out) / "model.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and not model_json.exists() and proc.poll() is None:
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert model_json.exists() and not out.exists(), "the fit ended before it could be killed after its model"
+
+    resumed = subprocess.run(argv + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not partial_path(out).exists()
+    reference = tmp_path / "reference"
+    reference_argv = [str(reference) if a == str(out) else a for a in argv]
+    assert subprocess.run(reference_argv, capture_output=True, timeout=300).returncode == 0
+    for name in ("centroids.zarr/c/0/0", "labels.zarr/c/0"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert json.loads((out / "evaluation.json").read_text())["splits"] == \
+        json.loads((reference / "evaluation.json").read_text())["splits"]

@@ -53,7 +53,10 @@ def save_model(run_dir, model, *, data=None, extra=None):
     """
     run_dir = Path(run_dir)
     centers = np.asarray(model.cluster_centers_)
+    # overwrite: a resumed fit writes the model again over what a killed attempt left (a run folder in the
+    # making, OUT.partial; a finished run folder is never written in place).
     z = zarr.create_array(run_dir / "centroids.zarr", shape=centers.shape, chunks=centers.shape, dtype=centers.dtype,
+                          overwrite=True,
                           dimension_names=["cluster", "feature"])
     z[:] = centers
     params = {name: getattr(model, name) for name in _PARAMS}
