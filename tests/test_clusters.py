@@ -142,6 +142,14 @@ def test_job_over_tls_and_a_client_without_certificates_is_refused(local_job, sm
 
         refused = run("fit", small_mnist, "--k", 2, "--out", tmp_path / "x", "--scheduler", address, check=False)
         assert refused.returncode == 1 and "needs TLS certificates" in refused.stderr
+        # ... and that a client certificate comes from another CA, in one line
+        shipped["tls"].update({"ca-file": "stranger/ca.pem", "cert": "stranger/client.pem",
+                               "key": "stranger/client-key.pem"})
+        (tmp_path / "stranger.yaml").write_text(yaml.safe_dump(shipped))
+        refused = run("fit", small_mnist, "--k", 2, "--out", tmp_path / "x", "--cluster-config",
+                      tmp_path / "stranger.yaml", check=False)
+        assert refused.returncode == 1 and "the TLS handshake with" in refused.stderr, refused.stderr
+        assert refused.stderr.count("distkm: error:") == 1 and "Traceback" not in refused.stderr
     print(f"\nTLS cluster up in {up_seconds:.1f} s; job {seconds:.1f} s (LocalCluster {local_seconds:.1f} s)")
 
 

@@ -7,14 +7,18 @@ started here and closed when the ``with`` block ends; a running scheduler is onl
 from __future__ import annotations
 
 import logging
-import warnings
 import os
+import socket
+import ssl
+import threading
+import warnings
 from contextlib import contextmanager, nullcontext
 
 import dask.config
 from dask.system import CPU_COUNT
 from dask.utils import parse_bytes, parse_timedelta
 from distributed import Client, LocalCluster
+from distributed.comm.addressing import parse_address, parse_host_port
 
 from distkm import config
 from distkm.cluster import dashboard
@@ -89,11 +93,58 @@ def _connect(address, timeout, security):
     if address.startswith("tls://") and security is None:
         raise ValueError(f"{address} needs TLS certificates: pass --cluster-config with a 'tls' config "
                          "(see cluster-configs/tls.yaml)")
-    try:
-        return Client(address, timeout=timeout, security=security)
-    except (OSError, TimeoutError, ValueError) as e:
+    _check_listening(address, timeout)
+    # The whole handshake gets the timeout: a peer that accepts the connection and never answers (a
+    # plain HTTP server, say) would otherwise keep Client() waiting for good.
+    outcome = {}
+
+    def connect():
+        try:
+            outcome["client"] = Client(address, timeout=timeout, security=security)
+        except BaseException as e:  # handed to the caller's thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=connect, name="distkm-connect", daemon=True)
+    thread.start()
+    thread.join(timeout + 2)
+    if thread.is_alive():
+        raise ConnectionError(f"{address!r} accepts connections but no Dask scheduler answered there within "
+                              f"{timeout:g} s; check the address (is it the scheduler's port, not its dashboard's?)")
+    if "client" in outcome:
+        return outcome["client"]
+    error = outcome["error"]
+    tls = _tls_reason(error)
+    if tls:
+        raise ConnectionError(f"the TLS handshake with {address!r} failed ({tls}); check that the certificates of "
+                              "the cluster config were signed by the scheduler's CA") from error
+    if isinstance(error, (OSError, TimeoutError)):
         raise ConnectionError(f"cannot reach the Dask scheduler at {address!r} within {timeout:g} s "
-                              f"({type(e).__name__}); check the address and that the scheduler is running") from e
+                              f"({type(error).__name__}); check the address and that the scheduler is "
+                              "running") from error
+    raise ConnectionError(f"{address!r} answered, but not as a Dask scheduler ({type(error).__name__}); check the "
+                          "address") from error
+
+
+def _check_listening(address, timeout):
+    """Fail at once, in words, when nothing listens at the scheduler's address."""
+    try:
+        host, port = parse_host_port(parse_address(address)[1])
+    except ValueError:
+        return  # not host:port (inproc, ucx...): let distributed judge
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(f"cannot reach the Dask scheduler at {address!r} ({e.strerror or e}); check the "
+                              "address and that the scheduler is running") from e
+
+
+def _tls_reason(error):
+    """The SSL error somewhere in ``error``'s chain, in words, or None."""
+    while error is not None:
+        if isinstance(error, ssl.SSLError):
+            return getattr(error, "reason", None) or str(error)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _start_cluster(kind, section):
