@@ -83,3 +83,19 @@ def test_a_peer_that_is_not_a_dask_scheduler_is_named_as_such(store, http_server
     assert ("not as a Dask scheduler" in result.stderr or "no Dask scheduler answered" in result.stderr), result.stderr
     assert "MemoryError" not in result.stderr and result.stderr.count("\n") == 1, result.stderr
     assert not out.with_name("run.partial").exists()
+
+
+def test_metadata_that_claims_a_trillion_rows_is_refused_at_once(store, tmp_path):
+    import json
+
+    meta_path = store / "images" / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["shape"][0] = 10**12
+    meta_path.write_text(json.dumps(meta))
+    group = json.loads((store / "zarr.json").read_text())
+    started = time.perf_counter()
+    result = subprocess.run([DISTKM, "fit", str(store), "--k", "3", "--out", str(tmp_path / "run"), "--quiet"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and time.perf_counter() - started < 60, result.stderr
+    assert "is damaged: 9,999,999,997 chunk(s) missing, the first is chunk 3" in result.stderr, result.stderr
+    assert json.loads((store / "zarr.json").read_text()) == group
