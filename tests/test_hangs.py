@@ -99,3 +99,20 @@ def test_metadata_that_claims_a_trillion_rows_is_refused_at_once(store, tmp_path
     assert result.returncode == 1 and time.perf_counter() - started < 60, result.stderr
     assert "is damaged: 9,999,999,997 chunk(s) missing, the first is chunk 3" in result.stderr, result.stderr
     assert json.loads((store / "zarr.json").read_text()) == group
+
+
+def test_a_fit_on_a_cluster_without_workers_says_so_and_gives_up(store, caplog):
+    """A scheduler with no worker: the fit says so, and gives up after distkm.no-workers-timeout."""
+    import dask
+    from distributed import Client, LocalCluster
+
+    from distkm import KMeans
+
+    with LocalCluster(n_workers=0, host="127.0.0.1", dashboard_address=None) as cluster, Client(cluster), \
+            dask.config.set({"distkm.no-workers-timeout": "3s"}):
+        for cache in ("auto", False):  # deciding the cache, and a pass
+            started = time.perf_counter()
+            with pytest.raises(RuntimeError, match=r"the cluster has had no workers for \d+ s .*then resume"):
+                KMeans(3, random_state=0, cache=cache).fit(store)
+            assert time.perf_counter() - started < 30
+    assert any("no workers" in r.getMessage() for r in caplog.records)

@@ -126,18 +126,22 @@ def cache_on_client(x, mode, split_every, weights=None):
         ``None`` when ``mode`` is False, without a distributed client, when
         another scheduler was chosen, or when :func:`cache_in_blocks` declines.
     """
-    if mode is False:
-        return None
-    try:
-        from distributed import default_client
+    from distkm.engine.passes import active_client
 
-        client = default_client()
-    except ValueError:  # no distributed client: local threads read numpy or zarr directly
+    client = None if mode is False else active_client()
+    if client is None:  # no distributed client (local threads read numpy or zarr directly), or not asked
         return None
-    from dask.base import get_scheduler
+    if not client.scheduler_info(n_workers=-1)["workers"]:
+        # Never decide from a cluster of 0 B: a fit resumed while the workers restart waits for one.
+        from dask.utils import parse_timedelta
 
-    if get_scheduler() != client.get:  # another scheduler was chosen (e.g. "sync") while a client exists
-        return None
+        timeout = parse_timedelta(config.get("no-workers-timeout"))
+        logger.warning("no workers yet: waiting up to %.0f s for one before deciding what to cache", timeout)
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            raise RuntimeError(f"the cluster has had no workers for {timeout:.0f} s (distkm.no-workers-timeout); "
+                               "start workers, then resume") from None
     return cache_in_blocks(client, x, split_every, mode=mode, weights=weights)
 
 

@@ -19,6 +19,8 @@ after level), with three differences that matter to distkm:
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 import uuid
 from functools import partial
@@ -31,6 +33,10 @@ from dask.core import flatten, istask
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from distkm import config
+
+
+logger = logging.getLogger("distkm")
 
 #: Constants are copied into the chunk tasks when all the copies take at most this many bytes.
 EMBED_BYTES = 1 << 20
@@ -225,35 +231,104 @@ def _tree_layer(layer, level, combine, name, token, split_every):
 
 
 def compute(*jobs, label=None, optimize_graph=True):
-    """``dask.compute(*jobs)``, with a progress bar per pass on the terminal when asked for.
+    """``dask.compute(*jobs)``, watched: a progress bar, and no silent wait for workers that are gone.
+
+    On a distributed client the jobs run as futures, and a watchdog looks at
+    the workers every second: while there are none it says so (and for how
+    long), and after ``distkm.no-workers-timeout`` it gives up with the
+    advice to resume. A scheduler that goes away is named in one line too.
 
     The bar (distributed's text progress bar, one per pass) is shown when
-    ``distkm.progress`` is set (the CLI sets it unless ``--quiet``), a
-    distributed client is active, and the pass has at least
-    ``distkm.progress-min-chunks`` tasks per job: a bar for a pass of a few
-    chunks would only flicker. Once done, the bar gives way to ``label: seconds``
-    (nothing without a label: Lloyd iterations print their own line).
+    ``distkm.progress`` is set (the CLI sets it unless ``--quiet``) and the
+    pass has at least ``distkm.progress-min-chunks`` tasks per job: a bar for
+    a pass of a few chunks would only flicker. Once done, the bar gives way
+    to ``label: seconds`` (nothing without a label: Lloyd iterations print their own line).
     """
     import dask
     import dask.config
 
-    if dask.config.get("distkm.progress", False):
-        try:
-            from distributed import default_client, progress
+    client = active_client()
+    if client is None:
+        return dask.compute(*jobs, optimize_graph=optimize_graph)
+    started = time.perf_counter()
+    n_tasks = sum(len(job.__dask_graph__()) for job in jobs)
+    show = dask.config.get("distkm.progress", False) and n_tasks >= dask.config.get("distkm.progress-min-chunks", 32)
+    futures = client.compute(list(jobs), optimize_graph=optimize_graph)
+    watchdog = _NoWorkersWatchdog(client, futures, label or "computation")
+    try:
+        if show:
+            from distributed import progress
 
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
-        n_tasks = sum(len(job.__dask_graph__()) for job in jobs)
-        if client is not None and n_tasks >= dask.config.get("distkm.progress-min-chunks", 32):
-            started = time.perf_counter()
-            futures = client.compute(list(jobs), optimize_graph=optimize_graph)
             progress(futures, notebook=False)  # clears its line when done
-            results = tuple(client.gather(futures))
-            if label:
-                print(f"{label}: {time.perf_counter() - started:.1f} s", flush=True)
-            return results
-    return dask.compute(*jobs, optimize_graph=optimize_graph)
+        results = tuple(client.gather(futures))
+    except Exception as e:
+        from distributed.client import FutureCancelledError
+        from distributed.comm.core import CommClosedError
+
+        if watchdog.gave_up:
+            raise RuntimeError(watchdog.gave_up) from None
+        if isinstance(e, (CommClosedError, FutureCancelledError)) or client.status not in ("running", "connecting"):
+            raise ConnectionError(f"lost the Dask scheduler during the {label or 'computation'} "
+                                  f"({type(e).__name__}); once it is back, resume") from e
+        raise
+    finally:
+        watchdog.stop()
+    if show and label:
+        print(f"{label}: {time.perf_counter() - started:.1f} s", flush=True)
+    return results
+
+
+def active_client():
+    """The distributed client that dask would compute on now, or ``None`` (no client, or another scheduler chosen)."""
+    try:
+        from distributed import default_client
+
+        client = default_client()
+    except (ImportError, ValueError):
+        return None
+    from dask.base import get_scheduler
+
+    return client if get_scheduler() == client.get else None
+
+
+class _NoWorkersWatchdog:
+    """Watches a computation's cluster: says when it has no workers, cancels the work after the timeout."""
+
+    def __init__(self, client, futures, what):
+        from dask.utils import parse_timedelta
+
+        self.client, self.futures, self.what = client, futures, what
+        self.timeout = parse_timedelta(config.get("no-workers-timeout"))
+        self.gave_up = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="distkm-no-workers-watchdog", daemon=True)
+        self._thread.start()
+
+    def _watch(self):
+        since, said = None, 0.0
+        while not self._done.wait(1.0):
+            try:
+                n_workers = len(self.client.scheduler_info(n_workers=-1)["workers"])
+            except Exception:  # the scheduler itself is gone: the computation says so
+                return
+            if n_workers:
+                since, said = None, 0.0
+                continue
+            since = since or time.monotonic()
+            waited = time.monotonic() - since
+            if waited >= self.timeout:
+                self.gave_up = (f"the cluster has had no workers for {waited:.0f} s during the {self.what} "
+                                f"(distkm.no-workers-timeout); start workers, then resume")
+                self.client.cancel(self.futures)
+                return
+            if waited - said >= 10 or not said:
+                logger.warning("no workers: the %s has waited %.0f s for one (giving up after %.0f s)",
+                               self.what, waited, self.timeout)
+                said = waited or 1e-9
+
+    def stop(self):
+        self._done.set()
+        self._thread.join()
 
 
 def run_chunk_tasks(task, chunk_ids, rows, *, name, progress=True, desc="rows"):
