@@ -123,15 +123,16 @@ def _ingest(args):
 def _ingest_folder(args):
     from contextlib import nullcontext
 
-    from distkm.cluster.client import dask_client
     from distkm.apps.ingest import ingest_image_folder
 
     if not args.source:
         raise ValueError("distkm ingest folder needs --source DIR (the folder of images)")
     start = time.perf_counter()
     size = tuple(int(v) for v in args.size.lower().split("x"))
-    # Small folders convert fine on local threads; --scheduler spreads a big one over a cluster.
-    with dask_client(args.scheduler) if args.scheduler else nullcontext():
+    # Small folders convert fine on local threads; a cluster (--scheduler, --cluster-config, --n-workers)
+    # spreads a big one over its workers.
+    wants_cluster = args.scheduler or args.cluster_config or args.n_workers
+    with _client(args) if wants_cluster else nullcontext():
         attrs = ingest_image_folder(args.source, args.out, size=size, mode=args.mode, fit=args.fit,
                                     invert=args.invert, chunk_rows=args.chunk_rows, compressor=args.compressor,
                                     overwrite=args.overwrite, progress=not args.quiet)
@@ -350,7 +351,7 @@ def _quantize(args):
 def _augment(args):
     from distkm.apps.augment import augment_store
 
-    from distkm.io.outputs import partial_path
+    from distkm.io.outputs import OutputBusyError, partial_path
 
     shape = tuple(int(v) for v in args.image_shape.lower().split("x")) if args.image_shape else None
     try:
@@ -361,6 +362,8 @@ def _augment(args):
                                    chunk_rows=args.chunk_rows, compressor=args.compressor,
                                    originals=not args.no_originals, strength=args.strength, image_shape=shape,
                                    overwrite=args.overwrite, progress=not args.quiet)
+    except OutputBusyError:  # the partial store is the other command's
+        raise
     except BaseException:
         if partial_path(args.out).exists():
             print(f"distkm: the chunks written so far are kept in {partial_path(args.out)}; run the same command "
@@ -416,7 +419,14 @@ def _parser():
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     parser.set_defaults(debug=False)
 
-    ingest = sub.add_parser("ingest", parents=[common],
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")
+    cluster.add_argument("--cluster-config", help="cluster-config YAML file (see cluster-configs/)")
+    cluster.add_argument("--n-workers", type=_positive_int, help="LocalCluster workers (default: one per core)")
+    cluster.add_argument("--threads-per-worker", type=_positive_int, help="LocalCluster threads per worker")
+    cluster.add_argument("--memory-limit", help="LocalCluster memory limit per worker, e.g. 2GiB")
+
+    ingest = sub.add_parser("ingest", parents=[common, cluster],
                             help="write MNIST, Fashion-MNIST or a folder of images into a zarr store")
     ingest.add_argument("dataset", choices=["mnist", "fashion-mnist", "folder"])
     ingest.add_argument("--out", required=True, help="zarr store to create, e.g. data/mnist.zarr")
@@ -429,16 +439,8 @@ def _parser():
     ingest.add_argument("--fit", choices=["pad", "crop", "stretch"], default="pad",
                         help="folder: keep the aspect ratio and pad, or crop the centre, or stretch")
     ingest.add_argument("--invert", action="store_true", help="folder: dark-on-light images become light-on-dark")
-    ingest.add_argument("--scheduler", help="folder: convert on this Dask scheduler (default: local threads)")
     ingest.add_argument("--overwrite", action="store_true", help="replace an existing store")
     ingest.set_defaults(func=_ingest)
-
-    cluster = argparse.ArgumentParser(add_help=False)
-    cluster.add_argument("--scheduler", help="address of a running Dask scheduler (default: start a LocalCluster)")
-    cluster.add_argument("--cluster-config", help="cluster-config YAML file (see cluster-configs/)")
-    cluster.add_argument("--n-workers", type=_positive_int, help="LocalCluster workers (default: one per core)")
-    cluster.add_argument("--threads-per-worker", type=_positive_int, help="LocalCluster threads per worker")
-    cluster.add_argument("--memory-limit", help="LocalCluster memory limit per worker, e.g. 2GiB")
 
     report = argparse.ArgumentParser(add_help=False)
     report.add_argument("--performance-report", action="store_true",

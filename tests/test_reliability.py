@@ -337,3 +337,26 @@ def test_fit_killed_after_its_model_is_saved_resumes_to_the_same_run(fine_store,
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert json.loads((out / "evaluation.json").read_text())["splits"] == \
         json.loads((reference / "evaluation.json").read_text())["splits"]
+
+
+@pytest.mark.parametrize("command", ["augment", "fit"])
+def test_a_second_command_on_the_same_output_is_refused_and_the_first_finishes(mnist_test_store, tmp_path,
+                                                                                command):
+    out = tmp_path / "out.zarr" if command == "augment" else tmp_path / "run"
+    if command == "augment":
+        argv = [DISTKM, "augment", str(mnist_test_store), "--n", "40000", "--out", str(out), "--n-workers", "1",
+                "--quiet"]
+    else:
+        argv = [DISTKM, "fit", str(mnist_test_store), "--k", "10", "--seed", "0", "--max-iter", "300", "--tol", "0",
+                "--out", str(out), "--n-workers", "1", "--quiet"]
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not partial_path(out).exists() and time.time() < deadline and first.poll() is None:
+        time.sleep(0.01)
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    _, first_err = first.communicate(timeout=600)
+    assert second.returncode == 1, second.stderr
+    assert second.stderr.strip() == f"distkm: error: another distkm command is writing {str(out)!r} right now; " \
+                                    "wait for it to end (or stop it) and try again", second.stderr
+    assert first.returncode == 0, first_err
+    assert out.exists() and not partial_path(out).exists()

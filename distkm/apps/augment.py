@@ -25,7 +25,7 @@ import zarr
 from distkm import config
 from distkm.io.stores import blosc_compressor, compressor_settings, open_store
 from distkm.kernels.distort import random_distortions, distort
-from distkm.io.outputs import check_not_an_input, check_output_path, partial_path, replace_path
+from distkm.io.outputs import check_not_an_input, check_output_path, output_lock, partial_path, replace_path
 from distkm.io.stores import chunks_done, create_store, mark_complete, write_chunk
 from distkm.engine.passes import run_chunk_tasks
 
@@ -105,14 +105,15 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
     out, work = Path(out), partial_path(out)
     check_output_path(out, overwrite=overwrite, inputs=[source])
     check_not_an_input(work, [source])
-    resumed = _resume_or_create(work, plan)
-    done = chunks_done(work)
-    todo = [i for i in range(plan.n_chunks) if not done[i]]
-    rows = [plan.chunk_rows_of(i) for i in todo]
-    run_chunk_tasks(partial(_augment_chunk, plan=plan, out=str(work)), todo, rows, name="augment",
-                            progress=progress, desc="augment")
-    mark_complete(work)
-    replace_path(work, out, overwrite=overwrite)
+    with output_lock(out):  # a second augment to the same output is refused, not raced
+        resumed = _resume_or_create(work, plan)
+        done = chunks_done(work)
+        todo = [i for i in range(plan.n_chunks) if not done[i]]
+        rows = [plan.chunk_rows_of(i) for i in todo]
+        run_chunk_tasks(partial(_augment_chunk, plan=plan, out=str(work)), todo, rows, name="augment",
+                        progress=progress, desc="augment")
+        mark_complete(work)
+        replace_path(work, out, overwrite=overwrite)
     size = _disk_usage(out)
     raw = plan.n * (int(np.prod(plan.image_shape)) + 1 + 8)
     return {"rows": plan.n, "rows_written": int(sum(rows)), "resumed_chunks": int(done.sum()) if resumed else 0,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from distkm.engine.lloyd import labels_array_for, write_labels
@@ -20,7 +20,7 @@ from distkm.estimator import KMeans
 from distkm.evaluation.report import evaluation_plan_for, report_run
 from distkm.io.checkpoint import Checkpoint
 from distkm.io.model import save_model
-from distkm.io.outputs import check_not_an_input, check_output_path, partial_path, replace_path
+from distkm.io.outputs import check_not_an_input, check_output_path, output_lock, partial_path, replace_path
 from distkm.io.stores import open_store
 
 
@@ -70,13 +70,19 @@ class FitJob:
         check_output_path(out, overwrite=overwrite, inputs=inputs)
         self.work = partial_path(out)
         check_not_an_input(self.work, inputs)
-        if self.work.exists() and not resume:
-            raise FileExistsError(f"{self.work} holds an interrupted fit; continue it with resume=True, "
-                                  "or delete it to start over")
-        self.model = KMeans(**params, checkpoint=str(self.work / "checkpoint"))
-        self.model._validate_params()
-        if self.x.shape[0] < self.model.n_clusters:
-            raise ValueError(f"n_samples={self.x.shape[0]} should be >= n_clusters={self.model.n_clusters}.")
+        self._lock = ExitStack()  # held from here until the run is published or has failed
+        self._lock.enter_context(output_lock(out))
+        try:
+            if self.work.exists() and not resume:
+                raise FileExistsError(f"{self.work} holds an interrupted fit; continue it with resume=True, "
+                                      "or delete it to start over")
+            self.model = KMeans(**params, checkpoint=str(self.work / "checkpoint"))
+            self.model._validate_params()
+            if self.x.shape[0] < self.model.n_clusters:
+                raise ValueError(f"n_samples={self.x.shape[0]} should be >= n_clusters={self.model.n_clusters}.")
+        except BaseException:
+            self._lock.close()
+            raise
         self.kept = False
         self._created = time.perf_counter()
 
@@ -90,6 +96,7 @@ class FitJob:
             self.kept = Checkpoint(self.work / "checkpoint").exists()
             if not self.kept:  # nothing worth resuming: leave nothing behind
                 shutil.rmtree(self.work, ignore_errors=True)
+            self._lock.close()
             raise
 
     def run(self, *, evaluate=True, pictures=True, seed=0, progress=None):
@@ -130,5 +137,8 @@ class FitJob:
 
     def publish(self):
         """Move the complete run into place (replacing the old one only now) and drop the checkpoint."""
-        Checkpoint(self.work / "checkpoint").remove()
-        replace_path(self.work, self.out, overwrite=self.overwrite)
+        try:
+            Checkpoint(self.work / "checkpoint").remove()
+            replace_path(self.work, self.out, overwrite=self.overwrite)
+        finally:
+            self._lock.close()

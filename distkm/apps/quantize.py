@@ -29,9 +29,9 @@ import zarr
 
 from distkm.io.stores import blosc_compressor, open_store
 from distkm.estimator import KMeans
-from distkm.io.folders import list_images
+from distkm.io.folders import decoded, list_images, open_image
 from distkm.kernels.assign import palette_lookup
-from distkm.io.outputs import atomic_output, check_output_path, write_text_atomic
+from distkm.io.outputs import atomic_output, check_output_path, output_lock, write_text_atomic
 
 logger = logging.getLogger("distkm")
 
@@ -116,6 +116,7 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=DEF
                                  f"got {str(out)!r}")
             inputs, outputs = [source], [out]
             palette_stem, work_parent = out.with_name(out.stem + "-palette"), out.parent
+            stack.enter_context(output_lock(out))
             for path in (out, palette_stem.with_suffix(".json"), palette_stem.with_suffix(".png")):
                 check_output_path(path, overwrite=overwrite, inputs=[source])
         work_parent.mkdir(parents=True, exist_ok=True)
@@ -141,24 +142,15 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=DEF
 
 
 def _load_rgb(path):
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    Image.MAX_IMAGE_PIXELS = None  # quantize is for big photos: the user's own files, decoded on purpose
-    try:
-        with Image.open(path) as img:
-            return np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+    with open_image(path) as img:
+        return np.asarray(decoded(img, "RGB", path))
 
 
 def _write_pixels(inputs, path, chunk_pixels):
     """Append the pixels of every image into one (n, 3) uint8 zarr array; returns the image shapes."""
     shapes = []
     for p in inputs:
-        from PIL import Image
-
-        Image.MAX_IMAGE_PIXELS = None
-        with Image.open(p) as img:  # the header only: sizes first, so the array is made once
+        with open_image(p) as img:  # the header only: sizes first, so the array is made once
             width, height = img.size
             if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations by 90 degrees swap the sides
                 width, height = height, width

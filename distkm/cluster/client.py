@@ -257,7 +257,9 @@ def _local_cluster(settings, n_workers, threads_per_worker, memory_limit, *, pro
             # /metrics) bound 0.0.0.0 and [::]: given an address, they keep to the loopback.
             host="127.0.0.1" if processes else None,
             worker_dashboard_address=None if processes else "127.0.0.1:0",
-            silence_logs=logging.ERROR,
+            # Tasks that fail reach the user as distkm's one line; distributed's own ERROR blocks about them
+            # (a worker's "Compute Failed" with its traceback) would bury it.
+            silence_logs=logging.CRITICAL,
         )
 
 

@@ -12,11 +12,15 @@ are converted in parallel by tasks on the current Dask scheduler.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
+from distkm import config
 
+logger = logging.getLogger("distkm")
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 FITS = ("pad", "crop", "stretch")
@@ -40,16 +44,63 @@ def list_images(folder):
     return files, None, None
 
 
+@contextmanager
+def open_image(path):
+    """An image opened with Pillow, refused in one line naming the file when it is not one or is too big.
+
+    The limit is ``distkm.max-image-pixels``, checked from the header before
+    anything is decoded: a small file can claim a huge image (a decompression
+    bomb: a 946 KB PNG decodes to 900 Mpx). Pillow's own check (a warning,
+    then an error at twice its default) stands aside while the file is open:
+    this one replaces it, in distkm's words.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    limit = config.get_int("max-image-pixels")
+    previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+        try:
+            img = Image.open(path)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            raise ValueError(f"cannot read image {path}: {e}") from e
+        with img:
+            width, height = img.size
+            if width * height > limit:
+                raise ValueError(f"image {path} has {width}x{height} = {width * height:,} pixels, over the limit of "
+                                 f"{limit:,} (distkm.max-image-pixels); raise it for a file you trust")
+            yield img
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
+def decoded(img, mode, path):
+    """``img`` upright (EXIF) in ``mode`` ("L" or "RGB"), 16-bit images scaled, and what is dropped said.
+
+    Pillow's ``convert`` clips 16-bit values to 255 (a 16-bit PNG became all
+    white): they are scaled to 8 bits instead. An alpha channel and the
+    frames of an animation after the first are dropped, with a log line.
+    """
+    from PIL import Image, ImageOps
+
+    frames = getattr(img, "n_frames", 1)
+    if frames > 1:
+        logger.warning("%s: an animation of %d frames; only the first is used", path, frames)
+    if "A" in img.getbands() or (img.mode == "P" and "transparency" in img.info):
+        logger.warning("%s: its alpha channel (transparency) is dropped; the colours are used as they are", path)
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I"):  # 16-bit (I;16, I;16B) or 32-bit integer grey: 0..65535 to 0..255
+        values = np.asarray(img, dtype=np.uint32)
+        img = Image.fromarray((values >> 8).clip(0, 255).astype(np.uint8), mode="L")
+    return img.convert(mode)
+
+
 def load_image(path, *, size, mode="L", fit="pad", invert=False):
     """One image file as a ``size + (channels,)`` uint8 array (channels dropped for "L")."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     height, width = size
-    try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert(mode)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+    with open_image(path) as img:
+        img = decoded(img, mode, path)
     resample = Image.Resampling.LANCZOS
     if fit == "pad":
         img = ImageOps.pad(img, (width, height), method=resample, color=0)

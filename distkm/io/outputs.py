@@ -10,6 +10,7 @@ is complete.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -137,6 +138,48 @@ def _existing_ancestor(path):
     return path
 
 
+class OutputBusyError(FileExistsError):
+    """Another distkm command is writing the same output now."""
+
+
+@contextmanager
+def output_lock(path):
+    """While in the block, this is the only distkm command writing ``path``; another one is refused at once.
+
+    An exclusive ``flock`` on ``.NAME.lock`` beside the output. The system
+    releases it when the process ends, killed or not, so a lock is never
+    stale. The file is removed when the block ends (a killed command leaves
+    an empty one, which the next command simply takes).
+
+    Raises
+    ------
+    OutputBusyError
+        Another command holds the lock.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutputBusyError(f"another distkm command is writing {str(path)!r} right now; wait for it to end "
+                                  "(or stop it) and try again") from None
+        try:  # the holder before us may have removed the file we locked: then lock the one there now
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # removed while still held, so no one can hold a file that is gone
+        os.close(fd)
+
+
 @contextmanager
 def atomic_output(path, *, overwrite=False, inputs=()):
     """Context manager yielding a temporary folder that becomes ``path`` on success.
@@ -157,19 +200,19 @@ def atomic_output(path, *, overwrite=False, inputs=()):
     """
     path = Path(path)
     check_output_path(path, overwrite=overwrite, inputs=inputs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes 0o700; outputs are meant to be shared
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        replace_path(tmp, path, overwrite=overwrite)
-    except FileExistsError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with output_lock(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0o700; outputs are meant to be shared
+        try:
+            yield tmp
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            replace_path(tmp, path, overwrite=overwrite)
+        except FileExistsError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def write_text_atomic(path, text):
