@@ -82,8 +82,10 @@ def test_the_cli_says_it_in_one_line(tmp_path, capsys):
     from distkm.apps.fit import FitJob
 
     job = FitJob(store, tmp_path / "run", params={"n_clusters": 3, "random_state": 0})
-    with job.working():
+    with pytest.raises(RuntimeError, match="stopped"), job.working():
         job.model.fit(job.x)
+        raise RuntimeError("stopped after the fit, before the run was published")
+    assert job.kept
     folder = job.work / "checkpoint"
     np.save(centers_file(folder), np.full((3, 16), np.nan))
     assert main(fit + ["--resume"]) == 1

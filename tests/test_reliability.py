@@ -360,3 +360,22 @@ def test_a_second_command_on_the_same_output_is_refused_and_the_first_finishes(m
                                     "wait for it to end (or stop it) and try again", second.stderr
     assert first.returncode == 0, first_err
     assert out.exists() and not partial_path(out).exists()
+
+
+def test_cache_yes_on_data_the_workers_cannot_hold_is_refused_up_front(mnist_test_store, tmp_path, capsys):
+    """7.8 MB of rows on two workers of 3 MiB: said at once, not after four KilledWorkers."""
+    code = main(["fit", str(mnist_test_store), "--k", "3", "--out", str(tmp_path / "run"), "--cache", "yes",
+                 "--n-workers", "2", "--memory-limit", "3MiB", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert "--cache: the data (7.48 MiB) cannot be held in the workers' memory (6.00 MiB in all)" in err, err
+    assert not (tmp_path / "run.partial").exists()
+
+
+def test_a_full_disk_while_checkpointing_is_one_line(tmpfs, mnist_test_store, capsys):
+    """The checkpoint of a k=256 fit (1.6 MB of centers a file) onto a 600 KiB file system."""
+    code = main(["fit", str(mnist_test_store), "--k", "256", "--seed", "0", "--max-iter", "3",
+                 "--out", str(tmpfs / "run"), "--n-workers", "1", "--quiet", "--no-evaluate", "--no-pictures"])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot write the checkpoint in" in err and "free some and resume" in err, err
+    assert err.count("distkm: error:") == 1 and "Traceback" not in err, err

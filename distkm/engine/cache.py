@@ -50,12 +50,24 @@ def should_cache(nbytes, client, mode="auto"):
     Returns
     -------
     bool
+
+    Raises
+    ------
+    ValueError
+        ``mode`` is True and the data cannot fit the workers' memory.
     """
-    if mode is True or mode is False:
-        return mode
-    if mode != "auto":
+    if mode is False:
+        return False
+    if mode not in (True, "auto"):
         raise ValueError(f"cache must be 'auto', True or False, got {mode!r}")
     memory = cluster_memory(client)
+    if mode is True:
+        # Asked for, but held beside the kernels' temporaries it would make the workers die one after
+        # another (KilledWorker after four deaths, without a word of memory): refused up front instead.
+        if memory and nbytes > 0.9 * memory:
+            raise ValueError(f"cache=True: the data ({format_bytes(nbytes)}) cannot be held in the workers' memory "
+                             f"({format_bytes(memory)} in all); use cache='auto' or False, or more workers")
+        return True
     return memory > 0 and nbytes <= config.cache_fraction() * memory
 
 

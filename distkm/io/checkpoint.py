@@ -126,8 +126,12 @@ class Checkpoint:
         try:
             self._save(state)
         except OSError as e:
-            raise OSError(f"cannot write the checkpoint in {self.folder}: {e.strerror or e}; free space there "
-                          "and resume") from e
+            try:
+                free = f"{shutil.disk_usage(self.folder).free / 2**20:,.1f} MiB"
+            except OSError:
+                free = "unknown"
+            raise OSError(f"cannot write the checkpoint in {self.folder} ({e.strerror or e}; free space there: "
+                          f"{free}); free some and resume") from e
 
     def _save(self, state):
         self.folder.mkdir(parents=True, exist_ok=True)
