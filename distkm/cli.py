@@ -244,9 +244,12 @@ def _client(args, report_folder=None, data_nbytes=None):
     of the data the command reads) lets a LocalCluster for small data run its workers as threads."""
     from distkm.cluster.client import dask_client
 
-    with dask_client(args.scheduler, cluster_config=args.cluster_config, n_workers=args.n_workers,
-                     threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
-                     data_nbytes=data_nbytes) as client:
+    # The command reports failures in its own words, one line each: distributed's log records (a lost
+    # scheduler's reconnection tracebacks, a failed task's ERROR block) only with --debug.
+    with _distributed_logs(logging.INFO if args.debug else logging.CRITICAL), \
+            dask_client(args.scheduler, cluster_config=args.cluster_config, n_workers=args.n_workers,
+                        threads_per_worker=args.threads_per_worker, memory_limit=args.memory_limit,
+                        data_nbytes=data_nbytes) as client:
         if not args.quiet:
             link = client.dashboard_link
             print(f"Dask dashboard: {link} (iterations and inertia: {link.rsplit('/', 1)[0]}/distkm)", flush=True)
@@ -258,6 +261,21 @@ def _client(args, report_folder=None, data_nbytes=None):
                 yield client
         else:
             yield client
+
+
+@contextmanager
+def _distributed_logs(level):
+    """distributed's loggers at ``level`` while in the block (its config gives some a level of their own)."""
+    loggers = [logging.getLogger(name) for name in
+               ["distributed", *(n for n in logging.root.manager.loggerDict if n.startswith("distributed."))]]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(level)
+    try:
+        yield
+    finally:
+        for logger, previous in zip(loggers, levels):
+            logger.setLevel(previous)
 
 
 def _parse_init(value):

@@ -379,3 +379,31 @@ def test_a_full_disk_while_checkpointing_is_one_line(tmpfs, mnist_test_store, ca
     err = capsys.readouterr().err
     assert code == 1 and "cannot write the checkpoint in" in err and "free some and resume" in err, err
     assert err.count("distkm: error:") == 1 and "Traceback" not in err, err
+
+
+def test_the_scheduler_dying_mid_fit_is_said_in_one_line(fine_store, tmp_path):
+    from .services import dask_processes
+
+    out = tmp_path / "run"
+    with dask_processes(2, log_dir=tmp_path) as address:
+        with Client(address, set_as_default=False) as client:
+            scheduler_pid = client.run_on_scheduler(os.getpid)
+        proc = subprocess.Popen([DISTKM, "fit", str(fine_store), "--k", "10", "--seed", "0", "--max-iter", "60",
+                                 "--tol", "0", "--out", str(out), "--scheduler", address, "--quiet"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        ckpt = partial_path(out) / "checkpoint" / "checkpoint.json"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if json.loads(ckpt.read_text())["iteration"] >= 2:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.01)
+        os.kill(scheduler_pid, signal.SIGKILL)
+        _, err = proc.communicate(timeout=180)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert lines[-1].startswith("distkm: error: lost the Dask scheduler"), err
+    assert lines[:-1] == [f"distkm: the fit so far is kept in {partial_path(out)}; run the same command with "
+                          "--resume to continue"], err

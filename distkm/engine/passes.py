@@ -268,7 +268,7 @@ def compute(*jobs, label=None, optimize_graph=True):
         if watchdog.gave_up:
             raise RuntimeError(watchdog.gave_up) from None
         if isinstance(e, (CommClosedError, FutureCancelledError)) or client.status not in ("running", "connecting"):
-            raise ConnectionError(f"lost the Dask scheduler during the {label or 'computation'} "
+            raise ConnectionError(f"lost the Dask scheduler during the {label or 'pass over the data'} "
                                   f"({type(e).__name__}); once it is back, resume") from e
         raise
     finally:
