@@ -407,3 +407,15 @@ def test_the_scheduler_dying_mid_fit_is_said_in_one_line(fine_store, tmp_path):
     assert lines[-1].startswith("distkm: error: lost the Dask scheduler"), err
     assert lines[:-1] == [f"distkm: the fit so far is kept in {partial_path(out)}; run the same command with "
                           "--resume to continue"], err
+
+
+def test_a_corrupt_chunk_is_the_one_line_and_nothing_else(tmp_path, mnist_test_store):
+    damaged_stores(tmp_path, mnist_test_store)
+    for workers in ("1", "2"):  # workers as threads (small data), and as processes
+        env = {**os.environ, "DASK_DISTKM__LOCAL_CLUSTER__PROCESSES": "true" if workers == "2" else "auto"}
+        result = subprocess.run([DISTKM, "fit", str(tmp_path / "corrupt.zarr"), "--k", "3", "--out",
+                                 str(tmp_path / "out"), "--n-workers", workers, "--quiet"],
+                                capture_output=True, text=True, timeout=180, env=env)
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [result.stderr.strip()] and \
+            "cannot read chunk 4 (rows 4000-4999)" in result.stderr, result.stderr
