@@ -238,10 +238,13 @@ def _evaluate(args):
 
 
 @contextmanager
-def _client(args, report_folder=None, data_nbytes=None):
+def _client(args, report_folder=None, data_nbytes=None, report_file=None):
     """The command's Dask client; with --performance-report, a self-contained HTML report of the
-    command's work is written into ``report_folder`` when the block ends. ``data_nbytes`` (the size
-    of the data the command reads) lets a LocalCluster for small data run its workers as threads."""
+    command's work is written into ``report_folder`` (or to ``report_file``) when the block ends.
+    ``data_nbytes`` (the size of the data the command reads) lets a LocalCluster for small data run
+    its workers as threads."""
+    if report_folder is not None:
+        report_file = Path(report_folder) / PERFORMANCE_REPORT
     from distkm.cluster.client import dask_client
 
     # The command reports failures in its own words, one line each: distributed's log records (a lost
@@ -253,11 +256,11 @@ def _client(args, report_folder=None, data_nbytes=None):
         if not args.quiet:
             link = client.dashboard_link
             print(f"Dask dashboard: {link} (iterations and inertia: {link.rsplit('/', 1)[0]}/distkm)", flush=True)
-        if getattr(args, "performance_report", False) and report_folder is not None:
+        if getattr(args, "performance_report", False) and report_file is not None:
             from distributed import performance_report
 
             # mode="inline": bokeh's JavaScript inside the file, so it opens offline
-            with performance_report(filename=str(Path(report_folder) / PERFORMANCE_REPORT), mode="inline"):
+            with performance_report(filename=str(report_file), mode="inline"):
                 yield client
         else:
             yield client
@@ -276,6 +279,12 @@ def _distributed_logs(level):
     finally:
         for logger, previous in zip(loggers, levels):
             logger.setLevel(previous)
+
+
+def _report_beside(out):
+    """Where the performance report of a command whose output is a file or an array goes: beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-{PERFORMANCE_REPORT}")
 
 
 def _parse_init(value):
@@ -349,7 +358,7 @@ def _quantize(args):
     from distkm.apps.quantize import quantize
 
     start = time.perf_counter()
-    with _client(args):
+    with _client(args, report_file=_report_beside(args.out)):
         if not args.quiet:
             print(f"quantizing {args.source} to {args.k} colours", flush=True)
         result = quantize(args.source, args.out, args.k, seed=args.seed, max_iter=args.max_iter,
@@ -408,7 +417,7 @@ def _predict(args):
     inputs = [args.run, args.store]
     check_output_path(args.out, overwrite=args.overwrite, inputs=inputs)
     labels = model.predict(store.images)
-    with _client(args), \
+    with _client(args, report_file=_report_beside(args.out)), \
             atomic_output(args.out, overwrite=args.overwrite, inputs=inputs) as tmp:
         if not args.quiet:
             print(f"assigning {store.images.shape[0]:,} rows of {args.store}",
@@ -428,6 +437,17 @@ def _positive_int(text):
     return value
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that shows an option's default, when it has one its text does not already state."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default is None or action.default is False
+                or action.default == argparse.SUPPRESS or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="distkm", description="Out-of-core k-means on zarr image stores, with Dask.")
     parser.add_argument("--version", action="version", version=f"distkm {__version__}")
@@ -435,6 +455,12 @@ def _parser():
     common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     common.add_argument("--quiet", action="store_true", help="print only the result")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_command = sub.add_parser
+
+    def add_parser(name, **kwargs):
+        return add_command(name, formatter_class=_DefaultsShown, **kwargs)
+
+    sub.add_parser = add_parser
     parser.set_defaults(debug=False)
 
     cluster = argparse.ArgumentParser(add_help=False)
@@ -446,7 +472,9 @@ def _parser():
 
     ingest = sub.add_parser("ingest", parents=[common, cluster],
                             help="write MNIST, Fashion-MNIST or a folder of images into a zarr store")
-    ingest.add_argument("dataset", choices=["mnist", "fashion-mnist", "folder"])
+    ingest.add_argument("dataset", choices=["mnist", "fashion-mnist", "folder"],
+                        help="mnist (its files come with distkm), fashion-mnist (Debian's dataset-fashion-mnist), "
+                             "or folder: a folder of images (--source)")
     ingest.add_argument("--out", required=True, help="zarr store to create, e.g. data/mnist.zarr")
     ingest.add_argument("--source", help="folder with the IDX .gz files (default: the dataset's known places), "
                                          "or the folder of images for `folder`")
@@ -463,7 +491,7 @@ def _parser():
     report = argparse.ArgumentParser(add_help=False)
     report.add_argument("--performance-report", action="store_true",
                         help=f"write a Dask performance report ({PERFORMANCE_REPORT}, self-contained HTML) "
-                             "into the output folder")
+                             "into the output folder (beside the output, for predict and quantize)")
 
     fit = sub.add_parser("fit", parents=[common, cluster, report], help="cluster a store; write a run folder")
     fit.add_argument("store", help="zarr store with an 'images' array")
@@ -475,7 +503,7 @@ def _parser():
     fit.add_argument("--algorithm", choices=["lloyd", "minibatch"], default="lloyd",
                      help="lloyd: a pass over all rows per iteration; minibatch: a few chunks per step "
                           "(--max-iter then counts passes)")
-    fit.add_argument("--max-iter", type=int, default=300)
+    fit.add_argument("--max-iter", type=int, default=300, help="most Lloyd iterations of one initialisation")
     fit.add_argument("--tol", type=float, default=1e-4, help="relative to the mean feature variance")
     fit.add_argument("--n-init", default="auto",
                      help="initialisations to try (auto: 1 for k-means++ and k-means||, 10 for random)")
@@ -508,28 +536,31 @@ def _parser():
     sweeper.add_argument("--out", required=True, help="folder to create, e.g. runs/sweep")
     sweeper.add_argument("--split", help="split to fit on (default: train when the store has one)")
     sweeper.add_argument("--seed", type=int, default=0, help="random seed of every fit and of the scores' sample")
-    sweeper.add_argument("--max-iter", type=int, default=300)
-    sweeper.add_argument("--tol", type=float, default=1e-4)
-    sweeper.add_argument("--n-init", default="auto")
+    sweeper.add_argument("--max-iter", type=int, default=300, help="most Lloyd iterations of each fit")
+    sweeper.add_argument("--tol", type=float, default=1e-4, help="relative to the mean feature variance")
+    sweeper.add_argument("--n-init", default="auto",
+                         help="initialisations per k (auto: 1 for k-means++ and k-means||, 10 for random)")
     sweeper.add_argument("--dtype", choices=["float32", "float64"],
                          help="compute dtype (default: float32 for integer pixels, the store's own for floats)")
     sweeper.add_argument("--silhouette-sample", type=int,
                          help="rows sampled for the silhouette score (default distkm.silhouette-sample; 0 skips it)")
     _cache_flag(sweeper, "for all the fits")
     sweeper.add_argument("--no-pictures", action="store_true", help="no elbow.png")
-    sweeper.add_argument("--overwrite", action="store_true")
+    sweeper.add_argument("--overwrite", action="store_true",
+                         help="replace an existing sweep folder (one distkm wrote) once the new one is done")
     sweeper.set_defaults(func=_sweep)
 
-    quant = sub.add_parser("quantize", parents=[common, cluster],
+    quant = sub.add_parser("quantize", parents=[common, cluster, report],
                            help="reduce an image (or a folder of images) to k colours found by k-means")
     quant.add_argument("source", help="an image file, or a folder of images (one palette for all)")
     quant.add_argument("--k", type=_positive_int, required=True, help="number of colours")
     quant.add_argument("--out", required=True, help="output image (for a file) or folder (for a folder)")
-    quant.add_argument("--seed", type=int, default=0)
-    quant.add_argument("--max-iter", type=int, default=300)
+    quant.add_argument("--seed", type=int, default=0, help="seed of the k-means++ initialisation")
+    quant.add_argument("--max-iter", type=int, default=300, help="most Lloyd iterations")
     quant.add_argument("--chunk-pixels", type=_positive_int, default=1_000_000, help="pixels per chunk (task)")
     quant.add_argument("--no-pictures", action="store_true", help="no palette PNG (the JSON is always written)")
-    quant.add_argument("--overwrite", action="store_true")
+    quant.add_argument("--overwrite", action="store_true",
+                       help="replace outputs that distkm wrote (an image with its palette, or a folder)")
     quant.set_defaults(func=_quantize)
 
     augment = sub.add_parser("augment", parents=[common, cluster],
@@ -547,13 +578,14 @@ def _parser():
     augment.add_argument("--overwrite", action="store_true", help="replace an existing store once the new one is done")
     augment.set_defaults(func=_augment)
 
-    predict = sub.add_parser("predict", parents=[common, cluster],
+    predict = sub.add_parser("predict", parents=[common, cluster, report],
                              help="assign the rows of a store to a run's clusters")
     predict.add_argument("run", help="run folder written by distkm fit")
     predict.add_argument("store", help="zarr store with an 'images' array")
     predict.add_argument("--out", required=True, help="zarr array of labels to create")
     predict.add_argument("--split", help="use only this split of the store")
-    predict.add_argument("--overwrite", action="store_true")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="replace an existing labels array (one distkm wrote) once the new one is done")
     predict.set_defaults(func=_predict)
     return parser
 

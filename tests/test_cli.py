@@ -281,3 +281,17 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, mnist_
     assert main(["augment", str(mnist_test_store), "--n", "0", "--out", str(tmp_path / "a.zarr"), "--quiet",
                  "--n-workers", "1"]) == 1
     assert "distkm: error: --n must be a positive number of rows" in capsys.readouterr().err
+
+
+def test_every_option_says_what_it_does_and_its_default():
+    from distkm.cli import _parser, _subparsers
+
+    for command in _subparsers(_parser()):
+        text = " ".join(command.format_help().split())  # wrapped lines joined
+        for action in command._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"{command.prog} {action.option_strings or action.dest} has no help"
+            if action.option_strings and action.default not in (None, False):
+                assert "default" in command._get_formatter()._get_help_string(action), (command.prog, action.dest)
+        assert "(default: 300)" in text or "--max-iter" not in text
