@@ -566,10 +566,13 @@ def _parser():
     augment = sub.add_parser("augment", parents=[common, cluster],
                              help="generate a bigger store by distorting a store's images, on the cluster")
     augment.add_argument("source", help="distkm store to draw images from, e.g. data/mnist.zarr")
-    augment.add_argument("--n", type=int, required=True, help="rows of the new store (originals first)")
+    augment.add_argument("--n", type=int, required=True,
+                         help="rows to generate (originals first); with --split, the source's other splits follow")
     augment.add_argument("--out", required=True, help="store to create (generated at OUT.partial, resumable)")
     augment.add_argument("--seed", type=int, default=0, help="chunk i depends only on (source, seed, i)")
-    augment.add_argument("--split", help="draw only from this split of the source (e.g. train)")
+    augment.add_argument("--split", help="draw only from this split of the source (e.g. train); the new store keeps "
+                                         "its name for the generated rows and carries the other splits (test) over "
+                                         "untouched, so fit --split train and the test scores work on it")
     augment.add_argument("--chunk-rows", type=_positive_int, help="rows per chunk (default distkm.chunk-rows)")
     augment.add_argument("--compressor", help="Blosc CNAME[:LEVEL[:SHUFFLE]], e.g. lz4:5 (default distkm.compressor)")
     augment.add_argument("--strength", type=float, default=1.0, help="scales every distortion (0: copies)")

@@ -1,5 +1,6 @@
 """Augmented stores: hand-checkable distortions, determinism across clusters, resume after a kill."""
 
+import json
 import os
 import signal
 import subprocess
@@ -159,7 +160,8 @@ def test_fit_on_200k_augmented_rows_with_1gib_workers(tmp_path, mnist_store):
         workers = set(client.scheduler_info()["workers"])
         model = KMeans(10, random_state=0, max_iter=30).fit(tmp_path / "aug200k.zarr")
         assert set(client.scheduler_info()["workers"]) == workers  # no worker was restarted
-    assert model.cluster_sizes_.sum() == 200_000 and (model.cluster_sizes_ > 0).all()
+    # 200,000 rows generated from train, then MNIST's 10,000 test rows carried over
+    assert model.cluster_sizes_.sum() == 210_000 and (model.cluster_sizes_ > 0).all()
     assert np.bincount(model.labels_.compute(), minlength=10).tolist() == model.cluster_sizes_.tolist()
     assert 0 < model.inertia_ < np.inf
 
@@ -183,3 +185,29 @@ def test_text_from_a_store_is_never_printed_raw(tmp_path, mnist_test, capsys):
     assert main(["fit", str(store), "--k", "2", "--out", str(tmp_path / "r"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "\x1b" not in err and "rm -rf" not in err and "run the `distkm augment` command" in err, err
+
+
+def test_a_store_augmented_from_train_keeps_train_and_carries_test_over(tmp_path, client, mnist_test):
+    """augment --split train: fit on train, score on the untouched held-out test rows (the obvious commands)."""
+    from distkm.cli import main
+
+    x, y = mnist_test
+    source = tmp_path / "source.zarr"
+    write_store(source, x[:3000], y[:3000], {"image_shape": [28, 28], "splits": {"train": [0, 2500],
+                                                                                  "test": [2500, 3000]}},
+                chunk_rows=400)
+    out = tmp_path / "aug.zarr"
+    augment_store(source, out, n=4100, seed=1, split="train", chunk_rows=1000, progress=False)
+    store = open_store(out)
+    assert store.attrs["splits"] == {"train": [0, 4100], "test": [4100, 4600]}
+    np.testing.assert_array_equal(store.images[4100:].compute(), x[2500:3000])  # the test rows, untouched
+    np.testing.assert_array_equal(store.labels[4100:].compute(), y[2500:3000])
+    np.testing.assert_array_equal(store.images[:2500].compute(), x[:2500])  # originals first
+    index = zarr.open_array(out / "source_index", mode="r")[...]
+    assert index[:4100].max() < 2500 and (index[4100:] == np.arange(2500, 3000)).all()  # train drawn from train
+    run = tmp_path / "run"
+    assert main(["fit", str(out), "--split", "train", "--k", "5", "--seed", "0", "--out", str(run), "--quiet",
+                 "--no-pictures", "--n-workers", "1"]) == 0
+    evaluation = json.loads((run / "evaluation.json").read_text())
+    assert set(evaluation["splits"]) == {"train", "test"} and evaluation["mapping_split"] == "train"
+    assert evaluation["splits"]["test"]["rows"] == 500 and evaluation["splits"]["train"]["rows"] == 4100

@@ -44,21 +44,48 @@ class AugmentPlan:
     compressor: dict
     originals: bool
     strength: float
+    #: The source's other splits, copied untouched after the ``n`` generated rows: (name, start, stop).
+    carried: tuple = ()
 
     @property
     def n_originals(self):
         return min(self.source_rows[1] - self.source_rows[0], self.n) if self.originals else 0
 
     @property
+    def n_total(self):
+        return self.n + sum(stop - start for _, start, stop in self.carried)
+
+    @property
     def n_chunks(self):
-        return -(-self.n // self.chunk_rows)
+        return -(-self.n_total // self.chunk_rows)
 
     def chunk_rows_of(self, i):
-        return min(self.chunk_rows, self.n - i * self.chunk_rows)
+        return min(self.chunk_rows, self.n_total - i * self.chunk_rows)
+
+    def splits(self):
+        """The output's splits: the generated rows under the source split's name, then the carried ones."""
+        if self.source_split is None:
+            return {"original": [0, self.n_originals], "augmented": [self.n_originals, self.n]}
+        splits, start = {self.source_split: [0, self.n]}, self.n
+        for name, lo, hi in self.carried:
+            splits[name] = [start, start + hi - lo]
+            start += hi - lo
+        return splits
+
+    def carried_rows(self, start, stop):
+        """Source rows of the output rows ``[start, stop)`` (all at or after ``n``), in order."""
+        index, offset = [], self.n
+        for _, lo, hi in self.carried:
+            a, b = max(start, offset), min(stop, offset + hi - lo)
+            if a < b:
+                index.append(np.arange(lo + a - offset, lo + b - offset))
+            offset += hi - lo
+        return np.concatenate(index)
 
     def to_attrs(self):
         attrs = asdict(self)
         attrs["source_rows"], attrs["image_shape"] = list(self.source_rows), list(self.image_shape)
+        attrs["carried"] = [list(c) for c in self.carried]
         return attrs
 
 
@@ -115,8 +142,8 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
         mark_complete(work)
         replace_path(work, out, overwrite=overwrite)
     size = _disk_usage(out)
-    raw = plan.n * (int(np.prod(plan.image_shape)) + 1 + 8)
-    return {"rows": plan.n, "rows_written": int(sum(rows)), "resumed_chunks": int(done.sum()) if resumed else 0,
+    raw = plan.n_total * (int(np.prod(plan.image_shape)) + 1 + 8)
+    return {"rows": plan.n_total, "rows_written": int(sum(rows)), "resumed_chunks": int(done.sum()) if resumed else 0,
             "seconds": time.perf_counter() - start, "bytes_on_disk": size, "bytes_raw": raw,
             "compression_ratio": raw / max(size, 1)}
 
@@ -138,13 +165,18 @@ def _plan(source, out, n, *, seed, split, chunk_rows, compressor, originals, str
     if int(np.prod(shape)) != x.shape[1] or len(shape) not in (2, 3):
         raise ValueError(f"{source}: rows have {x.shape[1]} values, but the declared image shape "
                          f"{'x'.join(map(str, shape))} has {int(np.prod(shape))}")
-    lo, hi = store.attrs.get("splits", {}).get(split, [0, x.shape[0]]) if split else (0, x.shape[0])
+    splits = store.attrs.get("splits", {})
+    lo, hi = splits.get(split, [0, x.shape[0]]) if split else (0, x.shape[0])
+    # With a split, the source's other splits (the held-out test rows) come along untouched, after the
+    # generated rows: fit on the augmented train, score on the same test rows.
+    carried = tuple((name, int(a), int(b)) for name, (a, b) in sorted(splits.items(), key=lambda kv: kv[1][0])
+                    if split and name != split)
     settings = compressor_settings(compressor)
     chunk_rows = int(chunk_rows or config.get("chunk-rows"))
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
     return AugmentPlan(str(Path(source).resolve()), split, (int(lo), int(hi)), shape, int(n), int(seed), chunk_rows,
-                       settings, bool(originals), float(strength))
+                       settings, bool(originals), float(strength), carried)
 
 
 def _resume_or_create(work, plan):
@@ -163,11 +195,11 @@ def _resume_or_create(work, plan):
         raise ValueError(f"{work} exists and is not an unfinished distkm augment; remove it first")
     source = zarr.open_group(plan.source, mode="r")
     has_labels = "labels" in source.array_keys()
-    splits = {"original": [0, plan.n_originals], "augmented": [plan.n_originals, plan.n]}
-    create_store(work, n=plan.n, n_features=int(np.prod(plan.image_shape)), chunk_rows=plan.chunk_rows,
+    create_store(work, n=plan.n_total, n_features=int(np.prod(plan.image_shape)), chunk_rows=plan.chunk_rows,
                          labels=has_labels, source_index=True,
                          compressor=blosc_compressor(plan.compressor),
-                         attrs={"image_shape": list(plan.image_shape), "splits": splits, "augment": plan.to_attrs(),
+                         attrs={"image_shape": list(plan.image_shape), "splits": plan.splits(),
+                                "augment": plan.to_attrs(),
                                 "source": {"store": plan.source, "split": plan.source_split}})
     return False
 
@@ -178,17 +210,25 @@ def _augment_chunk(i, *, plan, out):
     src_images = source["images"]
     src_labels = source["labels"] if "labels" in source.array_keys() else None
     lo, hi = plan.source_rows
-    start, stop = i * plan.chunk_rows, i * plan.chunk_rows + plan.chunk_rows_of(i)
-    images = np.empty((stop - start, src_images.shape[1]), dtype=np.uint8)
-    labels = np.zeros(stop - start, dtype=np.uint8)
-    index = np.empty(stop - start, dtype=np.int64)
-    n_orig = max(0, min(stop, plan.n_originals) - start)
+    start, end = i * plan.chunk_rows, i * plan.chunk_rows + plan.chunk_rows_of(i)
+    stop = min(end, plan.n)  # generated rows [start, stop); carried rows [stop, end)
+    images = np.empty((end - start, src_images.shape[1]), dtype=np.uint8)
+    labels = np.zeros(end - start, dtype=np.uint8)
+    index = np.empty(end - start, dtype=np.int64)
+    if end > stop:  # the source's other splits, copied as they are
+        carried = plan.carried_rows(max(start, plan.n), end)
+        first = max(start, plan.n) - start
+        index[first:] = carried
+        images[first:] = src_images.oindex[carried, :]
+        if src_labels is not None:
+            labels[first:] = src_labels.oindex[carried]
+    n_orig = max(0, min(stop, plan.n_originals) - start) if stop > start else 0
     if n_orig:
         index[:n_orig] = np.arange(lo + start, lo + start + n_orig)
         images[:n_orig] = src_images[index[0]: index[0] + n_orig]
         if src_labels is not None:
             labels[:n_orig] = src_labels[index[0]: index[0] + n_orig]
-    m = stop - start - n_orig
+    m = max(0, stop - start - n_orig)
     if m:
         rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(i,)))
         window = src_images.chunks[0]
@@ -199,10 +239,11 @@ def _augment_chunk(i, *, plan, out):
         shape = plan.image_shape
         originals = src_images[w0:w1][pick].reshape(m, *shape)
         params = random_distortions(rng, m, shape[:2], plan.strength)
-        images[n_orig:] = distort(originals, params).reshape(m, -1)
-        index[n_orig:] = w0 + pick
+        generated = slice(n_orig, n_orig + m)
+        images[generated] = distort(originals, params).reshape(m, -1)
+        index[generated] = w0 + pick
         if src_labels is not None:
-            labels[n_orig:] = src_labels[w0:w1][pick]
+            labels[generated] = src_labels[w0:w1][pick]
     return write_chunk(out, i, images, labels if src_labels is not None else None, index)
 
 
