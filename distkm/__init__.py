@@ -10,12 +10,16 @@ scikit-learn, which keeps every worker process about 90 MB smaller.
 from distkm import config  # noqa: F401  (registers distkm's defaults with dask.config)
 
 __version__ = "0.1.0"
-__all__ = ["KMeans", "__version__"]
+__all__ = ["KMeans", "load_model", "open_store", "__version__"]
 
 
 def __getattr__(name):
-    if name == "KMeans":
-        from distkm.estimator import KMeans
+    if name in ("KMeans", "load_model"):
+        from distkm import estimator
 
-        return KMeans
+        return getattr(estimator, name)
+    if name == "open_store":  # a store, or one split of it (split="train"), as lazy dask arrays
+        from distkm.io.stores import open_store
+
+        return open_store
     raise AttributeError(f"module 'distkm' has no attribute {name!r}")
