@@ -12,7 +12,7 @@ ALLOWED = {
     "kernels": set(),
     "io": set(),
     "cluster": set(),
-    "engine": {"kernels", "io"},
+    "engine": {"kernels"},
     "evaluation": {"kernels", "engine", "io"},
     "apps": {"kernels", "engine", "io", "evaluation", "estimator", "cluster"},
 }
