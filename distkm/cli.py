@@ -557,7 +557,8 @@ def _parser():
     quant.add_argument("--out", required=True, help="output image (for a file) or folder (for a folder)")
     quant.add_argument("--seed", type=int, default=0, help="seed of the k-means++ initialisation")
     quant.add_argument("--max-iter", type=int, default=300, help="most Lloyd iterations")
-    quant.add_argument("--chunk-pixels", type=_positive_int, default=1_000_000, help="pixels per chunk (task)")
+    quant.add_argument("--chunk-pixels", type=_positive_int,
+                       help="pixels per chunk, one task each (default distkm.quantize-chunk-pixels)")
     quant.add_argument("--no-pictures", action="store_true", help="no palette PNG (the JSON is always written)")
     quant.add_argument("--overwrite", action="store_true",
                        help="replace outputs that distkm wrote (an image with its palette, or a folder)")

@@ -27,6 +27,7 @@ from dask.base import tokenize
 import numpy as np
 import zarr
 
+from distkm import config
 from distkm.io.stores import blosc_compressor, open_store
 from distkm.estimator import KMeans
 from distkm.io.folders import decoded, list_images, open_image
@@ -37,8 +38,6 @@ logger = logging.getLogger("distkm")
 
 #: Output formats: lossless ones keep the palette exact; JPEG blurs it.
 IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jpg", ".jpeg")
-#: Pixels per chunk of the temporary store (3 MB of uint8 RGB).
-DEFAULT_CHUNK_PIXELS = 1_000_000
 
 
 @dataclass
@@ -68,7 +67,7 @@ class QuantizeResult:
     inertia: float
 
 
-def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=DEFAULT_CHUNK_PIXELS,
+def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=None,
              overwrite=False, palette_picture=True):
     """Recolour an image, or every image of a folder, with the ``k`` colours k-means finds in their pixels.
 
@@ -87,8 +86,8 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=DEF
         Seed of the k-means++ initialisation.
     max_iter, tol
         As for :class:`~distkm.KMeans`.
-    chunk_pixels : int
-        Pixels per chunk of the temporary store.
+    chunk_pixels : int, optional
+        Pixels per chunk of the temporary store, one task each (default ``distkm.quantize-chunk-pixels``).
     overwrite : bool
         Replace existing outputs.
     palette_picture : bool
@@ -123,7 +122,7 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=DEF
         # The pixels live in a hidden folder beside the outputs: on a cluster, storage every worker sees.
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.quantize-", dir=work_parent))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        shapes = _write_pixels(inputs, work / "pixels.zarr", chunk_pixels)
+        shapes = _write_pixels(inputs, work / "pixels.zarr", chunk_pixels or config.get_int("quantize-chunk-pixels"))
         pixels = open_store(work / "pixels.zarr").images
         n = pixels.shape[0]
         if n < k:
