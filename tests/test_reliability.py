@@ -126,19 +126,25 @@ def fit_argv(store, out, *extra):
             "--out", str(out), "--n-workers", "2", "--quiet", *extra]
 
 
-def test_killed_fit_resumes_bit_identical(fine_store, tmp_path):
-    out = tmp_path / "run"
-    proc = subprocess.Popen(fit_argv(fine_store, out), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def wait_for_iteration(out, n, timeout=120):
+    """Wait until the checkpoint of the fit building ``out`` has ``n`` iterations; returns its path."""
     ckpt = partial_path(out) / "checkpoint" / "checkpoint.json"
-    deadline = time.time() + 120
+    deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if json.loads(ckpt.read_text())["iteration"] >= 4:
+            if json.loads(ckpt.read_text())["iteration"] >= n:
                 break
         except (OSError, ValueError):
             pass
         time.sleep(0.01)
+    return ckpt
+
+
+def test_killed_fit_resumes_bit_identical(fine_store, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(fit_argv(fine_store, out), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = wait_for_iteration(out, 4)
     os.killpg(proc.pid, signal.SIGKILL)  # the command and its LocalCluster
     proc.wait()
     killed_at = json.loads(ckpt.read_text())["iteration"]
@@ -391,15 +397,7 @@ def test_the_scheduler_dying_mid_fit_is_said_in_one_line(fine_store, tmp_path):
         proc = subprocess.Popen([DISTKM, "fit", str(fine_store), "--k", "10", "--seed", "0", "--max-iter", "60",
                                  "--tol", "0", "--out", str(out), "--scheduler", address, "--quiet"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        ckpt = partial_path(out) / "checkpoint" / "checkpoint.json"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if json.loads(ckpt.read_text())["iteration"] >= 2:
-                    break
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.01)
+        wait_for_iteration(out, 2)
         os.kill(scheduler_pid, signal.SIGKILL)
         _, err = proc.communicate(timeout=180)
     lines = err.strip().splitlines()
