@@ -253,3 +253,21 @@ def test_bad_input_is_refused_with_a_clear_message(sync_scheduler, kwargs, data,
         KMeans(**kwargs).fit(data)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("block-rows", 0, "distkm.block-rows must be an integer between 1 and 65536, got 0"),
+    ("split-every", 1, "distkm.split-every must be an integer >= 2, got 1"),
+    ("cache-fraction", 1.5, "distkm.cache-fraction must be a number in (0, 1], got 1.5"),
+])
+def test_a_bad_dask_config_value_is_one_line_naming_the_key(sync_scheduler, key, value, words):
+    import dask
+
+    with dask.config.set({f"distkm.{key}": value}), pytest.raises(ValueError) as error:
+        if key == "cache-fraction":
+            from distkm import config
+
+            config.cache_fraction()
+        else:
+            KMeans(2, random_state=0).fit(np.arange(40, dtype=np.float64).reshape(20, 2))
+    assert words in str(error.value) and "\n" not in str(error.value)
