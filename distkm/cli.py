@@ -334,7 +334,8 @@ def _sweep(args):
                 print(f"k={row['k']}: {shown}", flush=True)
 
         rows = sweep(store, ks, split=split, out=tmp, fit_params=fit_params, silhouette_sample=args.silhouette_sample,
-                     seed=args.seed or 0, on_result=show, cache=_parse_cache(args.cache))
+                     seed=args.seed or 0, on_result=show, cache=_parse_cache(args.cache),
+                     progress=None if args.quiet else _print_progress)
         write_sweep(tmp, rows, store=store, split=split, pictures=not args.no_pictures)
     print(format_table(rows))
     print(f"done in {time.perf_counter() - start:.1f} s: {args.out}/ (sweep.md, sweep.csv, sweep.json"

@@ -295,3 +295,15 @@ def test_every_option_says_what_it_does_and_its_default():
             if action.option_strings and action.default not in (None, False):
                 assert "default" in command._get_formatter()._get_help_string(action), (command.prog, action.dest)
         assert "(default: 300)" in text or "--max-iter" not in text
+
+
+def test_progress_in_a_log_file_is_plain_lines_and_a_sweep_shows_its_iterations(tmp_path, mnist_test_store):
+    """Not a terminal (output piped to a file): no carriage returns, a line per tenth of a long pass."""
+    result = run("augment", mnist_test_store, "--n", "30000", "--out", tmp_path / "a.zarr", "--chunk-rows", "1000",
+                 "--n-workers", 1)
+    assert "\r" not in result.stderr and "\r" not in result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.startswith("augment: ")]
+    assert lines[-1] == "augment: 30,000 of 30,000 rows" and 5 <= len(lines) <= 10, result.stderr
+    swept = run("sweep", mnist_test_store, "--k", "2,3", "--out", tmp_path / "sweep", "--max-iter", "3",
+                "--no-pictures", "--silhouette-sample", "0", "--n-workers", 1)
+    assert swept.stdout.count("Iteration 1, inertia") == 2 and "\r" not in swept.stdout, swept.stdout

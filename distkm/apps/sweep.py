@@ -52,6 +52,7 @@ def parse_ks(text):
 
 
 def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample=None, seed=0, on_result=None,
+          progress=None,
           cache="auto"):
     """Fit and evaluate every k of ``ks`` on a store.
 
@@ -73,6 +74,8 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
         Seed of the evaluation's sample.
     on_result : callable, optional
         Called with each row as soon as its k is done.
+    progress : callable, optional
+        Hears every fit's events, iterations included (see :meth:`distkm.KMeans._fit`).
     cache : {"auto", True, False}
         Hold the rows of the fitted split on the workers (see :mod:`distkm.engine.cache`),
         once for every k; the evaluation reads them there too.
@@ -99,7 +102,7 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
     for k in ks:
         model = KMeans(n_clusters=k, **{**fit_params, "cache": cached is not None})
         began = time.perf_counter()
-        model.fit(x if cached is None else cached)
+        model._fit(x if cached is None else cached, progress=progress)
         fit_seconds = time.perf_counter() - began
         if cached is not None and not rows:  # once the first fit has found the rows good
             logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))

@@ -20,6 +20,7 @@ after level), with three differences that matter to distkm:
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -243,6 +244,8 @@ def compute(*jobs, label=None, optimize_graph=True):
     pass has at least ``distkm.progress-min-chunks`` tasks per job: a bar for
     a pass of a few chunks would only flicker. Once done, the bar gives way
     to ``label: seconds`` (nothing without a label: Lloyd iterations print their own line).
+    When stdout is not a terminal (a log file) there is no bar, whose carriage
+    returns would make one very long line there: only that last line.
     """
     import dask
     import dask.config
@@ -256,7 +259,7 @@ def compute(*jobs, label=None, optimize_graph=True):
     futures = client.compute(list(jobs), optimize_graph=optimize_graph)
     watchdog = _NoWorkersWatchdog(client, futures, label or "computation")
     try:
-        if show:
+        if show and sys.stdout.isatty():
             from distributed import progress
 
             progress(futures, notebook=False)  # clears its line when done
@@ -289,6 +292,26 @@ def active_client():
     from dask.base import get_scheduler
 
     return client if get_scheduler() == client.get else None
+
+
+class _LineProgress:
+    """A progress report of one plain line every tenth of the way (for logs, where a bar is one long line)."""
+
+    def __init__(self, desc, total):
+        self.desc, self.total, self.done, self.said = desc, total, 0, 0
+
+    def update(self, n):
+        self.done += n
+        tenth = self.done * 10 // max(self.total, 1)
+        if tenth > self.said:
+            self.said = tenth
+            print(f"{self.desc}: {self.done:,} of {self.total:,} rows", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 class _NoWorkersWatchdog:
@@ -357,7 +380,13 @@ def run_chunk_tasks(task, chunk_ids, rows, *, name, progress=True, desc="rows"):
         client = get_client()
     except (ImportError, ValueError):
         client = None
-    bar = tqdm(total=int(sum(rows)), unit=" rows", unit_scale=True, desc=desc, disable=not progress, smoothing=0.1)
+    # On a terminal, a bar; in a log file (not a terminal), a plain line every tenth of the way, since
+    # a bar's carriage returns make one very long line there.
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=int(sum(rows)), unit=" rows", unit_scale=True, desc=desc, disable=not (progress and interactive),
+               smoothing=0.1)
+    if progress and not interactive:
+        bar = _LineProgress(desc, int(sum(rows)))
     with bar:
         if client is None:  # dask's local scheduler: the bar moves once, at the end
             bar.update(sum(dask.compute(*jobs)))
