@@ -268,3 +268,20 @@ def test_quantize_an_image_larger_than_a_worker_memory_limit(tmp_path):
     Image.MAX_IMAGE_PIXELS = None
     with Image.open(out) as img:
         assert np.array_equal(np.asarray(img), _three_bands(height, width))  # exactly the three colours back
+
+
+def test_report_wording_for_a_split_and_for_a_store_without_splits(tmp_path, mnist_test):
+    """The title keeps the split outside the code span; a store without splits says 'of its rows'."""
+    from distkm.cli import main
+
+    x, y = mnist_test
+    for name, attrs in (("split", {"splits": {"train": [0, 800], "test": [800, 1000]}}), ("whole", {})):
+        store = tmp_path / f"{name}.zarr"
+        write_store(store, x[:1000], y[:1000], {"image_shape": [28, 28], **attrs}, chunk_rows=500)
+        argv = ["fit", str(store), "--k", "4", "--seed", "0", "--out", str(tmp_path / name), "--quiet",
+                "--no-pictures", "--n-workers", "1"]
+        assert main(argv + (["--split", "train"] if attrs else [])) == 0
+    title = (tmp_path / "split" / "report.md").read_text().splitlines()[0]
+    assert title.endswith("` (split train)") and "(split train)`" not in title, title
+    whole = (tmp_path / "whole" / "report.md").read_text()
+    assert "most frequent true class of its rows," in whole and "its all rows" not in whole

@@ -145,8 +145,8 @@ class Evaluation:
         text += [" ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths)))
                  for row in lines]
         if self.labelled:
-            split = printable(self.mapping_split)
-            text.append(f"accuracy: each cluster labelled with the majority class of its {split} rows")
+            rows = "rows" if self.mapping_split == "all" else f"{printable(self.mapping_split)} rows"
+            text.append(f"accuracy: each cluster labelled with the majority class of its {rows}")
         return "\n".join(text)
 
 

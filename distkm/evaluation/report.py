@@ -179,8 +179,9 @@ def render_report(meta, evaluation, drawn, notes, run_dir):
     """The Markdown text of ``report.md``."""
     run_dir = Path(run_dir)
     data = meta.get("data", {})
-    where = data.get("path", "?") + (f" (split {data['split']})" if data.get("split") else "")
-    lines = [f"# distkm run `{run_dir.name.removesuffix('.partial')}`: k={meta['n_clusters']} on `{where}`", ""]
+    split = f" (split {printable(data['split'])})" if data.get("split") else ""
+    lines = [f"# distkm run `{run_dir.name.removesuffix('.partial')}`: k={meta['n_clusters']} on "
+             f"`{printable(data.get('path', '?'))}`{split}", ""]
     lines += [f"Created {meta.get('created', '?')} by distkm {meta.get('versions', {}).get('distkm', '?')}.", ""]
     lines += ["## Parameters", "", "| parameter | value |", "|---|---|"]
     lines += [f"| {name} | `{value}` |" for name, value in meta.get("params", {}).items()]
@@ -241,8 +242,9 @@ def _evaluation_section(evaluation):
         lines.append(f"| {printable(part.name)} | " + " | ".join(cells) + " |")
     lines.append("")
     if evaluation.labelled:
-        lines += [f"Accuracy: every cluster is labelled with the most frequent true class of its "
-                  f"{printable(evaluation.mapping_split)} rows, and that labelling scores every split.", ""]
+        rows = "rows" if evaluation.mapping_split == "all" else f"{printable(evaluation.mapping_split)} rows"
+        lines += [f"Accuracy: every cluster is labelled with the most frequent true class of its {rows}, and that "
+                  "labelling scores every split.", ""]
         mapping = evaluation.cluster_to_class
         names_of = [evaluation.class_names[c] if c >= 0 else "∅" for c in mapping]
         counts = np.bincount(mapping[mapping >= 0], minlength=len(evaluation.class_names))
