@@ -63,8 +63,8 @@ class FitJob:
     def __init__(self, store, out, *, params, split=None, inputs=(), overwrite=False, resume=False):
         self.store = open_store(store)
         self.split = split
-        self.start, stop = self.store.bounds(split)
-        self.x = self.store.images[self.start:stop]
+        self.start, self.stop = self.store.bounds(split)
+        self.x = self.store.images[self.start:self.stop]
         self.out, self.overwrite = Path(out), overwrite
         inputs = [store, *inputs]
         check_output_path(out, overwrite=overwrite, inputs=inputs)
@@ -118,9 +118,9 @@ class FitJob:
         plan = evaluation_plan_for(self.store, self.split, pictures=pictures, seed=seed) if evaluate else None
         fitted_split = self.split or ("all" if plan is not None and list(plan.splits) == ["all"] else None)
         if plan is not None and fitted_split in plan.splits:  # the fitted rows are one evaluated split
+            labels = self.store.labels
             final.update(evaluation=plan.settings[fitted_split],
-                         classes=None if self.store.labels is None else self.store.labels[self.start:self.start
-                                                                                           + self.x.shape[0]])
+                         classes=None if labels is None else labels[self.start:self.stop])
         tables = self.model._fit(self.x, final=final, progress=progress)
         fit_seconds = time.perf_counter() - started
         if final["labels_to"] is None:  # rows in irregular chunks: the labels get a pass of their own
