@@ -135,6 +135,9 @@ default="k-means++"
         Number of features seen during fit.
     cluster_sizes_ : ndarray of shape (n_clusters,)
         Number of training rows in each cluster.
+    tolerance_ : float
+        The absolute tolerance the squared center shift was compared with
+        (``tol`` times the mean per-feature variance of the data).
     history_ : list of dict
         Per iteration of the kept run: inertia, squared center shift,
         relocated empty clusters.
@@ -333,6 +336,7 @@ default="k-means++"
 
         self.cluster_centers_ = best["centers"].astype(dtype)
         self.n_iter_ = best["n_iter"]
+        self.tolerance_ = tol
         self.inertia_ = best["inertia"]
         self.cluster_sizes_ = np.asarray(best["sizes"], dtype=np.int64)
         self.history_ = best["history"]

@@ -218,8 +218,9 @@ def _write_images(recoloured, shapes, outputs, *, overwrite):
 
 
 def _write_palette(stem, palette, shares, images, *, picture):
-    colours = [{"rgb": [int(v) for v in c], "hex": "#{:02x}{:02x}{:02x}".format(*c), "share": float(s)}
-               for c, s in zip(palette, shares)]
+    order = np.argsort(-np.asarray(shares), kind="stable")  # the most used colour first
+    colours = [{"rgb": [int(v) for v in palette[j]], "hex": "#{:02x}{:02x}{:02x}".format(*palette[j]),
+                "share": float(shares[j])} for j in order]
     json_path = stem.with_suffix(".json")
     write_text_atomic(json_path, json.dumps({"format": "distkm-palette", "images": images, "colours": colours},
                                                 indent=2) + "\n")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 DPI = 100
 #: Clusters per page of the members picture (one row each).
@@ -154,22 +154,36 @@ def _class_name(index, class_names):
     return "∅" if index < 0 else class_names[index]
 
 
-def plot_convergence(history, path):
-    """Inertia per iteration (log scale), and the center shift."""
-    iterations = [h["iteration"] for h in history]
-    fig = Figure(figsize=(7, 3.2))
+def plot_convergence(history, path, tol=None):
+    """How a fit converged: the inertia's excess over its final value, and the squared center shift against tol.
+
+    Both on log axes: the inertia itself is flat after a few iterations on
+    a linear one, while its excess keeps falling by orders of magnitude.
+    """
+    iterations = np.array([h["iteration"] for h in history])
+    inertia = np.array([h["inertia"] for h in history], dtype=np.float64)
+    fig = Figure(figsize=(9, 3.6))
     ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(iterations, [h["inertia"] for h in history], marker=".", lw=1)
+    excess = (inertia - inertia[-1]) / inertia[-1]
+    shown = excess > 0
+    if shown.any():
+        ax1.semilogy(iterations[shown], excess[shown], marker=".", lw=1)
     ax1.set_xlabel("iteration")
-    ax1.set_ylabel("inertia")
-    ax1.set_title("inertia (before the update)", fontsize=9)
+    ax1.set_ylabel("(inertia − final) / final")
+    ax1.set_title(f"inertia above its final value ({inertia[-1]:.4g})", fontsize=10)
     shifts = [max(h["center_shift"], 1e-300) for h in history]
-    ax2.semilogy(iterations, shifts, marker=".", lw=1, color="tab:orange")
-    # Plain "1e+05" labels: the default 10^5 ones go through mathtext, whose first use costs ~0.6 s.
-    ax2.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=True))
+    ax2.semilogy(iterations, shifts, marker=".", lw=1, color="tab:orange", label="squared center shift")
+    if tol:
+        ax2.axhline(tol, color="tab:red", ls="--", lw=1, label=f"tol = {tol:.3g}")
+        ax2.legend(fontsize=8, loc="upper right")
     ax2.set_xlabel("iteration")
     ax2.set_ylabel("squared center shift")
-    ax2.set_title("center shift (stops below tol)", fontsize=9)
+    ax2.set_title("the fit stops once the shift is at most tol", fontsize=10)
+    for ax in (ax1, ax2):
+        # One style of label ("1e+05"), never mathtext's 10^5, whose first use costs ~0.6 s.
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -205,13 +219,19 @@ def plot_sweep(rows, path):
 def plot_palette(palette, shares, path):
     """The colours of a quantised image as swatches, widest for the most used."""
     order = np.argsort(-np.asarray(shares), kind="stable")
-    fig = Figure(figsize=(max(4.0, 0.6 * len(palette)), 1.4))
+    inches = min(24.0, max(6.0, 0.9 * len(palette)))
+    fig = Figure(figsize=(inches, 1.6))
     ax = fig.subplots()
     left = 0.0
     for j in order:
         width = max(float(shares[j]), 0.01)
         ax.barh(0, width, left=left, color=np.asarray(palette[j]) / 255.0, edgecolor="white", height=1)
         left += width
+        if width * inches >= 0.7:  # room for the hex code (in black or white, as the swatch is light or dark)
+            colour = np.asarray(palette[j], dtype=np.float64)
+            ink = "black" if colour @ [0.299, 0.587, 0.114] > 140 else "white"
+            ax.text(left - width / 2, 0, "#{:02x}{:02x}{:02x}\n{:.0%}".format(*palette[j], shares[j]),
+                    ha="center", va="center", fontsize=8, color=ink, family="monospace")
     ax.set_xlim(0, left)
     ax.set_axis_off()
     ax.set_title(f"{len(palette)} colours, width = share of pixels", fontsize=9)

@@ -135,7 +135,8 @@ def _draw(run_dir, meta, model, evaluation, image_shape):
     drawn, notes = {}, []
     try:
         if meta.get("history"):
-            drawn["convergence"] = [pics.plot_convergence(meta["history"], tmp / "convergence.png")]
+            drawn["convergence"] = [pics.plot_convergence(meta["history"], tmp / "convergence.png",
+                                                          tol=meta.get("tolerance"))]
         titles = _cluster_titles(model, evaluation)
         if image_shape is None:
             notes.append(f"no image pictures: rows of {model.cluster_centers_.shape[1]} features are not images "

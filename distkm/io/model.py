@@ -76,6 +76,7 @@ def save_model(run_dir, model, *, data=None, extra=None):
         "inertia": float(model.inertia_),
         "cluster_sizes": [int(s) for s in model.cluster_sizes_],
         "history": model.history_,
+        "tolerance": getattr(model, "tolerance_", None),
         "data": data or {},
         "versions": library_versions(),
         **(extra or {}),
