@@ -104,15 +104,20 @@ def plot_members(nearest, random, image_shape, path_stem, *, titles, per_page=ME
                                .reshape(image_shape) if real else blank)
         h, w = image_shape[:2]
         image = mosaic(tiles, gap=2, fill=255 if colour else 0)
-        fig = Figure(figsize=(image.shape[1] / 40 + 1.5, image.shape[0] / 40 + 0.8))
+        width = image.shape[1] / 40 + 1.5
+        fig = Figure(figsize=(width, image.shape[0] / 40 + 0.8))
         ax = fig.subplots()
+        # Text in proportion to the picture, which is seen scaled down to a screen's width: a 30-inch
+        # wide page (41 MNIST tiles a row) gets 16-point labels, readable on a laptop.
+        fontsize = max(10, round(width * 0.52))
         if colour:
             ax.imshow(image, interpolation="nearest")
         else:
             ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_yticks([r * (h + 2) + h / 2 for r in range(len(clusters))], [titles[j] for j in clusters], fontsize=10)
+        ax.set_yticks([r * (h + 2) + h / 2 for r in range(len(clusters))], [titles[j] for j in clusters],
+                      fontsize=fontsize)
         ax.set_xticks([m * (w + 2) / 2, (m + 1 + m / 2) * (w + 2)],
-                      [f"{m} nearest the center", f"{m} random members"], fontsize=9)
+                      [f"{m} nearest the center", f"{m} random members"], fontsize=fontsize)
         ax.xaxis.tick_top()
         ax.tick_params(length=0)
         for spine in ax.spines.values():
@@ -128,22 +133,23 @@ def plot_confusion(table, class_names, cluster_to_class, path, *, title="cluster
     k, n_classes = table.shape
     order = np.lexsort((np.arange(k), cluster_to_class))  # clusters of the same class together
     shares = table[order] / np.maximum(table[order].sum(axis=1, keepdims=True), 1)
-    height = max(3.0, min(0.28 * k + 1.5, 40.0))
-    fig = Figure(figsize=(max(5.0, 0.55 * n_classes + 2.5), height))
+    counts = k <= 32 and n_classes <= 20  # cells big enough to print their counts in
+    height = max(3.0, min((0.42 if counts else 0.28) * k + 1.5, 40.0))
+    fig = Figure(figsize=(max(5.0, (0.85 if counts else 0.55) * n_classes + 3.0), height))
     ax = fig.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     ax.set_xticks(range(n_classes), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0,
                   ha="right" if max(map(len, class_names)) > 2 else "center", fontsize=8)
     step = max(1, k // 64)
     ax.set_yticks(range(0, k, step), [f"#{order[i]} → {_class_name(cluster_to_class[order[i]], class_names)}"
-                                      for i in range(0, k, step)], fontsize=7)
+                                      for i in range(0, k, step)], fontsize=8 if counts else 7)
     ax.set_xlabel("true label")
     ax.set_ylabel("cluster → inferred label")
-    if k <= 32 and n_classes <= 20:  # counts stay legible
+    if counts:
         for i in range(k):
             for c in range(n_classes):
                 if table[order[i], c]:
-                    ax.text(c, i, f"{table[order[i], c]:,}", ha="center", va="center", fontsize=6,
+                    ax.text(c, i, f"{table[order[i], c]:,}", ha="center", va="center", fontsize=8,
                             color="white" if shares[i, c] > 0.5 else "black")
     fig.colorbar(image, ax=ax, label="share of the cluster's rows", shrink=0.8)
     ax.set_title(title, fontsize=10)
