@@ -114,12 +114,11 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
     import zarr
     from distributed import wait
 
-    from distkm import KMeans
-    from distkm import config
-    from distkm.engine.cache import cluster_memory, should_cache
+    from distkm import KMeans, config
     from distkm.cluster.client import dask_client
-    from distkm.io.stores import open_store
+    from distkm.engine.cache import cluster_memory, should_cache
     from distkm.engine.init import init_centers, take_rows
+    from distkm.io.stores import open_store
 
     store = ensure_store(name)
     images = zarr.open_array(store / "images", mode="r")

@@ -214,9 +214,9 @@ def _report_flags(parser):
 # distkm evaluate
 # --------------------------------------------------------------------------- #
 def _evaluate(args):
-    from distkm.io.stores import open_store
     from distkm.estimator import load_model
     from distkm.evaluation.report import report_run
+    from distkm.io.stores import open_store
 
     start = time.perf_counter()
     model, meta = load_model(args.run)
@@ -308,9 +308,9 @@ def _parse_n_init(value):
 # distkm sweep
 # --------------------------------------------------------------------------- #
 def _sweep(args):
-    from distkm.io.stores import open_store
-    from distkm.io.outputs import atomic_output, check_output_path
     from distkm.apps.sweep import COLUMNS, format_table, parse_ks, sweep, write_sweep
+    from distkm.io.outputs import atomic_output, check_output_path
+    from distkm.io.stores import open_store
 
     start = time.perf_counter()
     ks = parse_ks(args.k)
@@ -378,7 +378,6 @@ def _quantize(args):
 # --------------------------------------------------------------------------- #
 def _augment(args):
     from distkm.apps.augment import augment_store
-
     from distkm.io.outputs import OutputBusyError, partial_path
 
     shape = tuple(int(v) for v in args.image_shape.lower().split("x")) if args.image_shape else None
@@ -407,10 +406,10 @@ def _augment(args):
 # distkm predict
 # --------------------------------------------------------------------------- #
 def _predict(args):
-    from distkm.io.stores import open_store
-    from distkm.estimator import load_model
     from distkm.engine.lloyd import write_labels
+    from distkm.estimator import load_model
     from distkm.io.outputs import atomic_output, check_output_path
+    from distkm.io.stores import open_store
 
     start = time.perf_counter()
     model, _ = load_model(args.run)

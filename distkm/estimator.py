@@ -28,11 +28,11 @@ from distkm import config
 from distkm.cluster import dashboard
 from distkm.engine import lloyd
 from distkm.engine.cache import CachedRows, cache_on_client
+from distkm.engine.init import init_centers
+from distkm.engine.minibatch import minibatch
 from distkm.io.checkpoint import Checkpoint, FitState, digest
 from distkm.io.model import read_model
 from distkm.io.stores import as_dask_array
-from distkm.engine.init import init_centers
-from distkm.engine.minibatch import minibatch
 
 logger = logging.getLogger("distkm")
 

@@ -5,7 +5,7 @@ Writes OUT/ (model, labels, evaluation.json, pictures/, report.md) and OUT/perfo
 
     python jobs/mnist_k10.py                                        # LocalCluster
     python jobs/mnist_k10.py --cluster-config cluster-configs/slurm.yaml
-    python jobs/mnist_k10.py --scheduler tcp://10.0.0.5:8786
+    python jobs/mnist_k10.py --scheduler tcp://scheduler-host:8786
 """
 
 from _common import cluster_args, distkm, ensure_mnist, job_parser

@@ -241,7 +241,7 @@ def test_ingest_command(tmp_path):
      "tls.ca-file file '{dir}/ca.pem' not found"),
     ("type: tls\ntls: {scheduler: tcp://h:1, ca-file: a, cert: b, key: c}\n", "tls.scheduler must be a tls:// address"),
     ("type: ssh\nssh: {hosts: [one]}\n", "ssh.hosts needs at least two hosts"),
-    ("type: address\naddress: {}\n", "address.scheduler is required (e.g. scheduler: tcp://10.0.0.5:8786)"),
+    ("type: address\naddress: {}\n", "address.scheduler is required (e.g. scheduler: tcp://scheduler-host:8786)"),
     ("type: local\nlocal:\n  n-worker: 2\n", "unknown field local.n-worker"),
 ])
 def test_bad_cluster_config(tmp_path, capsys, mnist_test_store, content, message):

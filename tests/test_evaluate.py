@@ -6,10 +6,10 @@ import pytest
 from sklearn import metrics
 
 from distkm import KMeans
-from distkm.io.stores import open_store, write_store
 from distkm.evaluation.evaluate import evaluate_store
+from distkm.evaluation.metrics import majority_mapping, mapped_accuracy, scores_from_table
+from distkm.io.stores import open_store, write_store
 from distkm.kernels.sampling import merge_top_rows, random_keys, top_rows
-from distkm.evaluation.metrics import mapped_accuracy, majority_mapping, scores_from_table
 
 from .conftest import random_rows
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distkm.io.stores import open_store
 from distkm.apps.ingest import ingest_image_folder
 from distkm.io.folders import load_image
+from distkm.io.stores import open_store
 
 
 def save(path, array):

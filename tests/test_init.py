@@ -7,8 +7,8 @@ from sklearn.cluster import KMeans as SKMeans
 
 from distkm import KMeans
 from distkm.engine.init import init_centers
-from distkm.kernels.kmeans_parallel import kmeans_parallel_round, merge_round_partials
 from distkm.kernels.assign import prepare_centers
+from distkm.kernels.kmeans_parallel import kmeans_parallel_round, merge_round_partials
 
 
 def _brute_sq_distances(X, candidates):

@@ -9,7 +9,6 @@ from sklearn.cluster import KMeans as SKKMeans
 from distkm import KMeans
 from distkm.cli import main
 
-
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # refused in words, not in numpy warnings
 
 

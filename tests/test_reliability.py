@@ -20,9 +20,9 @@ from distkm import KMeans
 from distkm.apps.augment import augment_store
 from distkm.cli import main
 from distkm.cluster.client import dask_client, report_lost_workers
-from distkm.io.stores import write_store
 from distkm.engine.lloyd import write_labels
 from distkm.io.outputs import partial_path
+from distkm.io.stores import write_store
 
 DISTKM = str(Path(sys.executable).with_name("distkm"))
 

@@ -51,8 +51,8 @@ def test_fit_writes_scores_pictures_and_a_report(run_k10):
 
 def test_members_picture_shows_the_nearest_members(run_k10, mnist_test):
     """The first thumbnail of each row is the member nearest its center: its pixels are in the picture's data."""
-    from distkm.evaluation.evaluate import evaluate_store
     from distkm.estimator import load_model
+    from distkm.evaluation.evaluate import evaluate_store
     from distkm.evaluation.pictures import mosaic
 
     out, _ = run_k10
@@ -168,8 +168,8 @@ def test_sweep_caches_its_rows_once_in_blocks_for_every_k(client, mnist_test_sto
     from distributed import get_task_stream
 
     from distkm import KMeans
-    from distkm.io.stores import open_store
     from distkm.apps.sweep import sweep
+    from distkm.io.stores import open_store
 
     params = {"random_state": 0, "max_iter": 5}
     with get_task_stream() as stream:

@@ -23,11 +23,18 @@ import numpy as np
 import zarr
 
 from distkm import config
-from distkm.io.stores import blosc_compressor, compressor_settings, open_store
-from distkm.kernels.distort import random_distortions, distort
-from distkm.io.outputs import check_not_an_input, check_output_path, output_lock, partial_path, replace_path
-from distkm.io.stores import chunks_done, create_store, mark_complete, write_chunk
 from distkm.engine.passes import run_chunk_tasks
+from distkm.io.outputs import check_not_an_input, check_output_path, output_lock, partial_path, replace_path
+from distkm.io.stores import (
+    blosc_compressor,
+    chunks_done,
+    compressor_settings,
+    create_store,
+    mark_complete,
+    open_store,
+    write_chunk,
+)
+from distkm.kernels.distort import distort, random_distortions
 
 
 @dataclass(frozen=True)

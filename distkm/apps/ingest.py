@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from distkm import config
+from distkm.engine.passes import run_chunk_tasks
 from distkm.io.folders import FITS, MODES, list_images, load_image
 from distkm.io.outputs import atomic_output
-from distkm.engine.passes import run_chunk_tasks
 from distkm.io.stores import blosc_compressor, create_store, mark_complete, write_chunk
 
 

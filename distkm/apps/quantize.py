@@ -23,16 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dask.array as da
-from dask.base import tokenize
 import numpy as np
 import zarr
+from dask.base import tokenize
 
 from distkm import config
-from distkm.io.stores import blosc_compressor, open_store
 from distkm.estimator import KMeans
 from distkm.io.folders import decoded, list_images, open_image
-from distkm.kernels.assign import palette_lookup
 from distkm.io.outputs import atomic_output, check_output_path, output_lock, write_text_atomic
+from distkm.io.stores import blosc_compressor, open_store
+from distkm.kernels.assign import palette_lookup
 
 logger = logging.getLogger("distkm")
 

@@ -53,7 +53,7 @@ FIELDS = {
                    "wait-timeout": (False, (str, int, float))},
 }
 EXAMPLES = {
-    "scheduler": "scheduler: tcp://10.0.0.5:8786",
+    "scheduler": "scheduler: tcp://scheduler-host:8786",
     "hosts": "hosts: [node0, node1, node2] (the first runs the scheduler)",
     "cores": "cores: 2 (per SLURM job)",
     "memory": "memory: 4GiB (per SLURM job)",

@@ -138,7 +138,7 @@ def cache_on_client(x, mode, split_every, weights=None):
         ``None`` when ``mode`` is False, without a distributed client, when
         another scheduler was chosen, or when :func:`cache_in_blocks` declines.
     """
-    from distkm.engine.passes import active_client
+    from distkm.engine.passes import active_client, no_workers_message
 
     client = None if mode is False else active_client()
     if client is None:  # no distributed client (local threads read numpy or zarr directly), or not asked
@@ -152,8 +152,7 @@ def cache_on_client(x, mode, split_every, weights=None):
         try:
             client.wait_for_workers(1, timeout=timeout)
         except TimeoutError:
-            raise RuntimeError(f"the cluster has had no workers for {timeout:.0f} s (distkm.no-workers-timeout); "
-                               "start workers, then resume") from None
+            raise RuntimeError(no_workers_message(timeout)) from None
     return cache_in_blocks(client, x, split_every, mode=mode, weights=weights)
 
 

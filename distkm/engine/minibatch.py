@@ -26,8 +26,8 @@ from functools import partial
 import numpy as np
 
 from distkm import kernels
-from distkm.engine.passes import compute, map_reduce
 from distkm.engine.lloyd import LloydResult
+from distkm.engine.passes import compute, map_reduce
 from distkm.kernels.assign import prepare_centers
 
 

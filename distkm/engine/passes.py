@@ -36,7 +36,6 @@ from dask.highlevelgraph import HighLevelGraph
 
 from distkm import config
 
-
 logger = logging.getLogger("distkm")
 
 #: Constants are copied into the chunk tasks when all the copies take at most this many bytes.
@@ -247,15 +246,12 @@ def compute(*jobs, label=None, optimize_graph=True):
     When stdout is not a terminal (a log file) there is no bar, whose carriage
     returns would make one very long line there: only that last line.
     """
-    import dask
-    import dask.config
-
     client = active_client()
     if client is None:
         return dask.compute(*jobs, optimize_graph=optimize_graph)
     started = time.perf_counter()
     n_tasks = sum(len(job.__dask_graph__()) for job in jobs)
-    show = dask.config.get("distkm.progress", False) and n_tasks >= dask.config.get("distkm.progress-min-chunks", 32)
+    show = config.get("progress", False) and n_tasks >= config.get("progress-min-chunks", 32)
     futures = client.compute(list(jobs), optimize_graph=optimize_graph)
     watchdog = _NoWorkersWatchdog(client, futures, label or "computation")
     try:
@@ -292,6 +288,13 @@ def active_client():
     from dask.base import get_scheduler
 
     return client if get_scheduler() == client.get else None
+
+
+def no_workers_message(seconds, during=None):
+    """What is said when a cluster has had no workers for ``seconds`` and distkm gives up."""
+    where = f" during the {during}" if during else ""
+    return (f"the cluster has had no workers for {seconds:.0f} s{where} (distkm.no-workers-timeout); "
+            "start workers, then resume")
 
 
 class _LineProgress:
@@ -340,8 +343,7 @@ class _NoWorkersWatchdog:
             since = since or time.monotonic()
             waited = time.monotonic() - since
             if waited >= self.timeout:
-                self.gave_up = (f"the cluster has had no workers for {waited:.0f} s during the {self.what} "
-                                f"(distkm.no-workers-timeout); start workers, then resume")
+                self.gave_up = no_workers_message(waited, during=self.what)
                 self.client.cancel(self.futures)
                 return
             if waited - said >= 10 or not said:
@@ -374,23 +376,20 @@ def run_chunk_tasks(task, chunk_ids, rows, *, name, progress=True, desc="rows"):
     token = uuid.uuid4().hex
     run = dask.delayed(task, pure=False)
     jobs = [run(i, dask_key_name=(f"distkm-{name}-{token}", i)) for i in chunk_ids]
-    try:
-        from distributed import as_completed, get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
-        client = None
+    client = active_client()
     # On a terminal, a bar; in a log file (not a terminal), a plain line every tenth of the way, since
     # a bar's carriage returns make one very long line there.
-    interactive = sys.stderr.isatty()
-    bar = tqdm(total=int(sum(rows)), unit=" rows", unit_scale=True, desc=desc, disable=not (progress and interactive),
-               smoothing=0.1)
-    if progress and not interactive:
-        bar = _LineProgress(desc, int(sum(rows)))
+    total = int(sum(rows))
+    if progress and not sys.stderr.isatty():
+        bar = _LineProgress(desc, total)
+    else:
+        bar = tqdm(total=total, unit=" rows", unit_scale=True, desc=desc, disable=not progress, smoothing=0.1)
     with bar:
         if client is None:  # dask's local scheduler: the bar moves once, at the end
             bar.update(sum(dask.compute(*jobs)))
             return
+        from distributed import as_completed
+
         for future in as_completed(client.compute(jobs)):
             bar.update(future.result())
             future.release()

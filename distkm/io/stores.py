@@ -26,7 +26,6 @@ from zarr.codecs import BloscCodec
 from distkm import config
 from distkm.io.zarr_chunks import read_whole_chunk
 
-
 STORE_FORMAT_VERSION = 1
 
 

@@ -18,17 +18,42 @@ The functions the engine calls are also importable from this package.
 """
 
 from distkm.kernels.assign import (  # noqa: F401
-    assign_block, assign_labels, nearest_centers, palette_lookup, prepare_centers, row_blocks, squared_distances,
+    assign_block,
+    assign_labels,
+    nearest_centers,
+    palette_lookup,
+    prepare_centers,
+    row_blocks,
+    squared_distances,
 )
 from distkm.kernels.evaluation import (  # noqa: F401
-    ChunkEvaluation, evaluate_assignment, evaluate_chunk, merge_evaluations, silhouette_score,
+    ChunkEvaluation,
+    evaluate_assignment,
+    evaluate_chunk,
+    merge_evaluations,
+    silhouette_score,
 )
 from distkm.kernels.kmeans_parallel import (  # noqa: F401
-    NearestCandidate, RoundPartial, kmeans_parallel_round, merge_round_partials,
+    NearestCandidate,
+    RoundPartial,
+    kmeans_parallel_round,
+    merge_round_partials,
 )
 from distkm.kernels.lloyd import (  # noqa: F401
-    MAX_EXACT_BLOCK_ROWS, DataSummary, FarPoints, FinalStats, PartialStats, assignment_stats, farthest_points,
+    MAX_EXACT_BLOCK_ROWS,
+    DataSummary,
+    FarPoints,
+    FinalStats,
+    PartialStats,
+    assignment_stats,
+    farthest_points,
     final_stats,
-    merge_farthest_points, merge_final_stats, merge_partial_stats, merge_summaries, partial_stats,
-    relocate_empty_clusters, summarize_chunk, update_centers,
+    merge_farthest_points,
+    merge_final_stats,
+    merge_partial_stats,
+    merge_summaries,
+    partial_stats,
+    relocate_empty_clusters,
+    summarize_chunk,
+    update_centers,
 )

@@ -38,7 +38,6 @@ import scipy.sparse
 
 from distkm.kernels.assign import BLOCK_ROWS, nearest_centers, row_blocks
 
-
 #: Largest block for which float32 sums of uint8 values are exact (255 * 65793 < 2**24).
 MAX_EXACT_BLOCK_ROWS = 65536
 
