@@ -106,8 +106,9 @@ def written_by_distkm(path):
             return "palette"
         for palette in (path.with_name(path.stem + "-palette.json"),
                         path.with_name(path.stem.removesuffix("-palette") + "-palette.json")):
-            doc = _read_json(palette) if _is_palette(palette) else None
-            if doc is not None and path.name in doc.get("images", []) + [palette.with_suffix(".png").name]:
+            doc = _read_json(palette) or {}
+            if doc.get("format") == "distkm-palette" and \
+                    path.name in doc.get("images", []) + [palette.with_suffix(".png").name]:
                 return "quantized image"
     return None
 
@@ -126,7 +127,7 @@ def _read_json(path):
 
 def _check_replaceable(path):
     if written_by_distkm(path) is None:
-        raise FileExistsError(f"output {str(path)!r} exists and is not an output of distkm; --overwrite replaces "
+        raise FileExistsError(f"output {str(path)!r} exists and is not an output of distkm; overwrite=True replaces "
                               "only what distkm wrote (a store, a run folder...): remove it yourself or choose another "
                               "output")
 
