@@ -36,7 +36,7 @@ def test_partial_stats_labels_and_inertia_match_brute_force(chunk):
     np.testing.assert_array_equal(kernels.assign_labels(chunk, c, half, block_rows=700), labels)
     stats = kernels.partial_stats(chunk, c, half, block_rows=700)
     sq = (chunk.astype(np.float64) ** 2).sum()
-    assert sq + 2 * stats.score == pytest.approx(mins.sum(), rel=1e-12)
+    assert kernels.assignment_inertia(stats, centers, sq) == pytest.approx(mins.sum(), rel=1e-12)
     _, final = kernels.final_stats(chunk, c, half, block_rows=700)
     assert final.inertia == pytest.approx(mins.sum(), rel=1e-12)
     np.testing.assert_array_equal(final.sizes, np.bincount(labels, minlength=5))

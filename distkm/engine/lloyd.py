@@ -236,7 +236,7 @@ def lloyd_step(centers, stats, weighted_sq_norm, far=None):
     if far is not None:
         relocated = kernels.relocate_empty_clusters(stats.sums, stats.weights, far).tolist()
     new_centers = kernels.update_centers(stats.sums, stats.weights)
-    record = {"iteration": None, "inertia": float(weighted_sq_norm + 2.0 * stats.score),
+    record = {"iteration": None, "inertia": kernels.assignment_inertia(stats, centers, weighted_sq_norm),
               "center_shift": float(((new_centers - centers) ** 2).sum()), "relocated": relocated, "seconds": None}
     return new_centers, record
 

@@ -84,6 +84,9 @@ def minibatch(x, centers, *, summary, max_passes, tol, dtype, random_state, batc
                              weights=None if weights is None else weights.blocks[batch.tolist()],
                              split_every=split_every)
             stats = compute(job)[0]
+            rows = int(chunk_rows[batch].sum())
+            # The batch's inertia at `centers`, its part beside sum ||x||^2 scaled to the data (an estimate).
+            inertia = summary.weighted_sq_norm + kernels.assignment_inertia(stats, centers, 0.0) * n_rows / rows
             new_centers = centers.copy()
             hit = stats.weights > 0
             total = seen[hit] + stats.weights[hit]
@@ -92,9 +95,8 @@ def minibatch(x, centers, *, summary, max_passes, tol, dtype, random_state, batc
             shift = float(((new_centers - centers) ** 2).sum())
             centers = new_centers
             step += 1
-            rows = int(chunk_rows[batch].sum())
             record = {"iteration": step, "pass": pass_number, "rows": rows,
-                      "inertia": summary.weighted_sq_norm + 2.0 * stats.score * n_rows / rows, "center_shift": shift,
+                      "inertia": inertia, "center_shift": shift,
                       "relocated": [], "seconds": time.perf_counter() - started}
             history.append(record)
             if callback is not None:

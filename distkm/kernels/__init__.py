@@ -45,6 +45,7 @@ from distkm.kernels.lloyd import (  # noqa: F401
     FarPoints,
     FinalStats,
     PartialStats,
+    assignment_inertia,
     assignment_stats,
     farthest_points,
     final_stats,

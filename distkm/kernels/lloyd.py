@@ -177,14 +177,27 @@ class PartialStats(NamedTuple):
         Per-cluster (weighted) sums of the rows assigned to each cluster.
     weights : ndarray of shape (k,), float64
         Per-cluster sums of sample weights (counts when unweighted).
-    score : float
-        ``sum_i w_i * min_j (0.5 ||c_j||^2 - x_i.c_j)``. The inertia is
-        ``weighted_sq_norm + 2 * score`` (see :class:`DataSummary`).
+
+    The inertia of the assignment follows from these and the data's
+    ``sum_i w_i ||x_i||^2`` (:func:`assignment_inertia`): no per-row
+    distance is needed, so a pass that proves most rows' assignments without
+    computing their distances (:mod:`distkm.kernels.pruned`) gives the same
+    statistics to the bit.
     """
 
     sums: np.ndarray
     weights: np.ndarray
-    score: float
+
+
+def assignment_inertia(stats, centers, weighted_sq_norm):
+    """``sum_i w_i ||x_i - c_{label_i}||^2`` from a pass's :class:`PartialStats` at ``centers``.
+
+    ``sum_i w_i ||x_i||^2 - 2 sum_j c_j . S_j + sum_j W_j ||c_j||^2``, in float64,
+    with ``S_j``, ``W_j`` the per-cluster sums and weights.
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    return float(weighted_sq_norm - 2.0 * np.einsum("ij,ij->", centers, stats.sums)
+                 + stats.weights @ np.einsum("ij,ij->i", centers, centers))
 
 
 def _membership(labels, k, data):
@@ -198,7 +211,7 @@ def _membership(labels, k, data):
 
 
 def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=BLOCK_ROWS):
-    """Partial sums, weights and score of one chunk for one Lloyd iteration.
+    """Partial per-cluster sums and weights of one chunk for one Lloyd iteration.
 
     Parameters
     ----------
@@ -225,7 +238,6 @@ def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=BLOCK_R
     dtype = centers.dtype
     sums = np.zeros((k, d), dtype=np.float64)
     cluster_weights = np.zeros(k, dtype=np.float64)
-    score = 0.0
     exact_int = weights is None and X.dtype.kind in "uib" and X.dtype.itemsize == 1 and dtype == np.float32
     block_rows = max(1, min(block_rows, MAX_EXACT_BLOCK_ROWS if exact_int else block_rows, m))
     # Buffers reused by every block: no allocation per block, and the same memory stays in cache.
@@ -240,30 +252,25 @@ def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=BLOCK_R
         S = np.matmul(Xb, centers_t, out=scores[:n])
         np.subtract(half_sq_norms, S, out=S)
         labels = S.argmin(axis=1)
-        best = S[np.arange(n), labels]
         if weights is None:
             cluster_weights += np.bincount(labels, minlength=k)
-            score += float(best.sum(dtype=np.float64))
             # Exact for integer pixels in float32 (see module notes); float64 otherwise.
             sums += _membership(labels, k, ones[:n]) @ Xb
         else:
             wb = np.asarray(weights[rows], dtype=np.float64)
             cluster_weights += np.bincount(labels, weights=wb, minlength=k)
-            score += float(best.astype(np.float64) @ wb)
             sums += _membership(labels, k, wb) @ Xb.astype(np.float64, copy=False)
-    return PartialStats(sums, cluster_weights, score)
+    return PartialStats(sums, cluster_weights)
 
 
 def merge_partial_stats(*parts):
     """Add up :class:`PartialStats` (a combine step of the tree reduction)."""
     sums = parts[0].sums.copy()
     weights = parts[0].weights.copy()
-    score = parts[0].score
     for part in parts[1:]:
         sums += part.sums
         weights += part.weights
-        score += part.score
-    return PartialStats(sums, weights, score)
+    return PartialStats(sums, weights)
 
 
 class FinalStats(NamedTuple):
