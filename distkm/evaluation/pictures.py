@@ -15,8 +15,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 DPI = 100
-#: Clusters per page of the members picture (one row each).
+#: Lines of thumbnails per page of the members picture: clusters per page when each takes one line.
 MEMBERS_PER_PAGE = 16
+#: Members a line on each side (nearest, random) of the members picture; more wrap onto further lines.
+MEMBERS_PER_LINE = 20
+#: Side of a thumbnail of the members picture on the page, in pixels.
+TILE_PIXELS = 56
 
 
 def _show(ax, row, image_shape):
@@ -66,11 +70,25 @@ def mosaic(images, gap=2, fill=0):
     return out
 
 
+def _tile_scale(image_shape):
+    """Screen pixels per image pixel that make a thumbnail about TILE_PIXELS wide.
+
+    Small images are enlarged by a whole factor (crisp pixels under nearest
+    interpolation: MNIST's 28 pixels twice over); large ones are shrunk.
+    """
+    side = max(image_shape[:2])
+    return max(1, round(TILE_PIXELS / side)) if side <= TILE_PIXELS else TILE_PIXELS / side
+
+
 def plot_members(nearest, random, image_shape, path_stem, *, titles, per_page=MEMBERS_PER_PAGE):
     """For each cluster, one row: its members nearest the center, then random members.
 
     The thumbnails are tiled into one image per page (one ``imshow``, not one
-    axes per thumbnail: 40 x 16 axes take seconds to draw).
+    axes per thumbnail: 40 x 16 axes take seconds to draw). The page is as
+    wide as the members it shows (clusters of a few members give a narrow
+    page, not a wide blank one); more than ``MEMBERS_PER_LINE`` members a
+    side wrap onto further lines, with fewer clusters a page, so that a page
+    stays within about 2,600 x 1,100 pixels.
 
     Parameters
     ----------
@@ -78,53 +96,81 @@ def plot_members(nearest, random, image_shape, path_stem, *, titles, per_page=ME
         From the evaluation pass (``rows`` of shape (k, m, d)).
     image_shape : tuple
     path_stem : Path
-        Pages are written as ``<stem>-01.png``, ``<stem>-02.png``... (one page when k <= per_page:
-        ``<stem>.png``).
+        Pages are written as ``<stem>-01.png``, ``<stem>-02.png``... (one page when all clusters fit on
+        one: ``<stem>.png``).
     titles : list of str
         Row label of every cluster.
+    per_page : int
+        Lines of thumbnails a page: clusters a page when each takes one line.
 
     Returns
     -------
     list of Path
     """
-    k, m = nearest.keys.shape
-    colour = len(image_shape) == 3
-    # Empty slots (a cluster with fewer than m members) and the gaps are drawn as paper: 0 ink.
-    blank = np.zeros(image_shape, dtype=np.uint8) + (255 if colour else 0)
-    pages = math.ceil(k / per_page)
+    k = nearest.keys.shape[0]
+    shown = np.maximum(nearest.counts, random.counts)  # members a side, per cluster (fewer than m when it is small)
+    # Lines a cluster takes: the same for every cluster, so that the pages split the clusters evenly.
+    lines = max(1, math.ceil(int(shown.max(initial=0)) / MEMBERS_PER_LINE))
+    clusters_per_page = max(1, per_page // lines)
+    pages = math.ceil(k / clusters_per_page)
     paths = []
     for page in range(pages):
-        clusters = list(range(page * per_page, min(k, (page + 1) * per_page)))
-        tiles = np.empty((len(clusters), 2 * m + 1, *image_shape), dtype=np.uint8)
-        for r, j in enumerate(clusters):
-            for c in range(2 * m + 1):
-                source, slot = (nearest, c) if c < m else (random, c - m - 1)
-                real = c != m and source.index[j, slot] >= 0
-                tiles[r, c] = (np.clip(np.rint(source.rows[j, slot].astype(np.float64)), 0, 255)
-                               .reshape(image_shape) if real else blank)
-        h, w = image_shape[:2]
-        image = mosaic(tiles, gap=2, fill=255 if colour else 0)
-        width = image.shape[1] / 40 + 1.5
-        fig = Figure(figsize=(width, image.shape[0] / 40 + 0.8))
-        ax = fig.subplots()
-        # Text in proportion to the picture, which is seen scaled down to a screen's width: a 30-inch
-        # wide page (41 MNIST tiles a row) gets 16-point labels, readable on a laptop.
-        fontsize = max(10, round(width * 0.52))
-        if colour:
-            ax.imshow(image, interpolation="nearest")
-        else:
-            ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_yticks([r * (h + 2) + h / 2 for r in range(len(clusters))], [titles[j] for j in clusters],
-                      fontsize=fontsize)
-        ax.set_xticks([m * (w + 2) / 2, (m + 1 + m / 2) * (w + 2)],
-                      [f"{m} nearest the center", f"{m} random members"], fontsize=fontsize)
-        ax.xaxis.tick_top()
-        ax.tick_params(length=0)
-        for spine in ax.spines.values():
-            spine.set_visible(False)
+        clusters = list(range(page * clusters_per_page, min(k, (page + 1) * clusters_per_page)))
         name = f"{path_stem.name}.png" if pages == 1 else f"{path_stem.name}-{page + 1:02d}.png"
-        paths.append(_save(fig, path_stem.with_name(name)))
+        paths.append(_members_page(nearest, random, image_shape, clusters, [titles[j] for j in clusters],
+                                   int(shown[clusters].max()), path_stem.with_name(name)))
     return paths
+
+
+def _members_page(nearest, random, image_shape, clusters, titles, n, path):
+    colour = len(image_shape) == 3
+    h, w = image_shape[:2]
+    gap = max(2, round(2 / _tile_scale(image_shape)))  # ~4 screen pixels between thumbnails
+    cols = max(1, min(n, MEMBERS_PER_LINE))
+    lines = max(1, math.ceil(n / cols))
+    # Clusters of several lines are set apart by a wider gap than the lines within one.
+    block = lines * (h + gap) - gap
+    between = gap if lines == 1 else max(gap, h // 2)
+    side = cols * (w + gap)  # one side's width, with the gap after it
+    # Empty slots and the gaps are paper: white, which is 0 ink for grey digits drawn dark on light.
+    paper = 255 if colour else 0
+    image = np.full((len(clusters) * (block + between) - between, 2 * side + w, *image_shape[2:]), paper, np.uint8)
+    for r, j in enumerate(clusters):
+        for s, source in enumerate((nearest, random)):
+            for slot in np.flatnonzero(source.index[j] >= 0):
+                y = r * (block + between) + (slot // cols) * (h + gap)
+                x = s * (side + w) + (slot % cols) * (w + gap)
+                image[y: y + h, x: x + w] = (np.clip(np.rint(source.rows[j, slot].astype(np.float64)), 0, 255)
+                                             .reshape(image_shape))
+    scale = _tile_scale(image_shape)
+    width_px, height_px = image.shape[1] * scale, image.shape[0] * scale
+    # The figure is the image at its scale; the labels lie outside it, and the tight bounding box takes them in.
+    fig = Figure(figsize=(width_px / DPI, height_px / DPI))
+    ax = fig.add_axes((0, 0, 1, 1))
+    # Text in proportion to the page, which is seen scaled down to a laptop's width (~1,400 pixels): a page
+    # of 41 MNIST thumbnails a line gets 16-point labels, a narrow one 11 points.
+    fontsize = max(11, round(width_px / 150))
+    interpolation = "nearest" if scale >= 1 else "auto"  # shrunk photos are smoothed, not aliased
+    if colour:
+        ax.imshow(image, interpolation=interpolation, aspect="equal")
+    else:
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation=interpolation, aspect="equal")
+    centres = [r * (block + between) + block / 2 for r in range(len(clusters))]
+    ax.set_yticks(centres, titles, fontsize=fontsize)
+    if n:  # (a page of empty clusters has no thumbnails to head, and is too narrow for the headers)
+        ax.set_xticks([(side - gap) / 2, side + w + (side - gap) / 2],
+                      [f"{n} nearest the center", f"{n} random members"], fontsize=fontsize)
+    else:
+        ax.set_xticks([])
+    for r, j in enumerate(clusters):
+        if not (nearest.index[j] >= 0).any():
+            ax.text(0, centres[r], "no members", va="center", ha="left", fontsize=fontsize, color="0.45",
+                    style="italic")
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return _save(fig, path)
 
 
 def plot_confusion(table, class_names, cluster_to_class, path, *, title="clusters vs true labels"):
