@@ -473,11 +473,11 @@ def _parser():
     ingest = sub.add_parser("ingest", parents=[common, cluster],
                             help="write MNIST, Fashion-MNIST or a folder of images into a zarr store")
     ingest.add_argument("dataset", choices=["mnist", "fashion-mnist", "folder"],
-                        help="mnist (its files come with distkm), fashion-mnist (Debian's dataset-fashion-mnist), "
+                        help="mnist or fashion-mnist (downloaded into distkm.data-cache when not found locally), "
                              "or folder: a folder of images (--source)")
     ingest.add_argument("--out", required=True, help="zarr store to create, e.g. data/mnist.zarr")
-    ingest.add_argument("--source", help="folder with the IDX .gz files (default: the dataset's known places), "
-                                         "or the folder of images for `folder`")
+    ingest.add_argument("--source", help="folder with the IDX .gz files (default: the dataset's known places, else "
+                                         "the download cache), or the folder of images for `folder`")
     ingest.add_argument("--chunk-rows", type=_positive_int, help="rows per chunk (default distkm.chunk-rows)")
     ingest.add_argument("--compressor", help="Blosc CNAME[:LEVEL[:SHUFFLE]] (default distkm.compressor)")
     ingest.add_argument("--size", default="28x28", help="folder: HEIGHTxWIDTH of every image (default 28x28)")
