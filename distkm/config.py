@@ -99,3 +99,24 @@ def block_rows():
 def cache_fraction():
     """Share of the workers' memory that cached rows may take in ``cache="auto"`` (``distkm.cache-fraction``)."""
     return get_fraction("cache-fraction")
+
+
+def get_list(key):
+    """``distkm.<key>`` as a list of strings, or None when unset (null).
+
+    One string counts as a list of one: an environment variable such as
+    ``DASK_DISTKM__MIRRORS__MNIST=https://host/mnist/`` is not a Python literal.
+
+    Raises
+    ------
+    ValueError
+        Naming the key and the value.
+    """
+    value = get(key)
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, Path)) for v in value):
+        raise ValueError(f"dask config distkm.{key} must be a list of strings, got {value!r}")
+    return [str(v) for v in value]
