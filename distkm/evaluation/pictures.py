@@ -21,6 +21,10 @@ MEMBERS_PER_PAGE = 16
 MEMBERS_PER_LINE = 20
 #: Side of a thumbnail of the members picture on the page, in pixels.
 TILE_PIXELS = 56
+#: Clusters up to which the confusion matrix writes its counts in the cells (beyond, colour and colorbar only).
+CONFUSION_COUNTS_K = 32
+#: Clusters a column of the confusion matrix; more are set side by side in several columns.
+CONFUSION_ROWS = 64
 
 
 def _show(ax, row, image_shape):
@@ -174,31 +178,54 @@ def _members_page(nearest, random, image_shape, clusters, titles, n, path):
 
 
 def plot_confusion(table, class_names, cluster_to_class, path, *, title="clusters vs true labels"):
-    """Contingency table as a heat map: clusters (rows, grouped by their class) against true labels."""
+    """Contingency table as a heat map: clusters (rows, grouped by their class) against true labels.
+
+    Up to ``CONFUSION_COUNTS_K`` clusters, every cell carries its count; beyond, the cells are too small
+    for numbers and the colour (the share of the cluster's rows, with its colorbar) tells alone. More
+    than ``CONFUSION_ROWS`` clusters are set in several columns side by side, so that every cluster's
+    row keeps a legible label and the picture stays within about 3,000 x 1,600 pixels (k = 256: four
+    columns of 64).
+    """
     table = np.asarray(table)
     k, n_classes = table.shape
     order = np.lexsort((np.arange(k), cluster_to_class))  # clusters of the same class together
     shares = table[order] / np.maximum(table[order].sum(axis=1, keepdims=True), 1)
-    counts = k <= 32 and n_classes <= 20  # cells big enough to print their counts in
-    height = max(3.0, min((0.42 if counts else 0.28) * k + 1.5, 40.0))
-    fig = Figure(figsize=(max(5.0, (0.85 if counts else 0.55) * n_classes + 3.0), height))
-    ax = fig.subplots()
-    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(n_classes), class_names, rotation=45 if max(map(len, class_names)) > 2 else 0,
-                  ha="right" if max(map(len, class_names)) > 2 else "center", fontsize=8)
-    step = max(1, k // 64)
-    ax.set_yticks(range(0, k, step), [f"#{order[i]} → {_class_name(cluster_to_class[order[i]], class_names)}"
-                                      for i in range(0, k, step)], fontsize=8 if counts else 7)
-    ax.set_xlabel("true label")
-    ax.set_ylabel("cluster → inferred label")
-    if counts:
-        for i in range(k):
-            for c in range(n_classes):
-                if table[order[i], c]:
-                    ax.text(c, i, f"{table[order[i], c]:,}", ha="center", va="center", fontsize=8,
-                            color="white" if shares[i, c] > 0.5 else "black")
-    fig.colorbar(image, ax=ax, label="share of the cluster's rows", shrink=0.8)
-    ax.set_title(title, fontsize=10)
+    counts = k <= CONFUSION_COUNTS_K and n_classes <= 20  # cells big enough to print their counts in
+    labels = [f"#{order[i]} → {_class_name(cluster_to_class[order[i]], class_names)}" for i in range(k)]
+    cell_w = 0.85 if counts else max(0.12, min(0.3, 8.0 / n_classes))  # inches
+    label_w = 0.12 + 0.075 * max(map(len, labels))  # a 9-point label, inches
+    panel_w = label_w + n_classes * cell_w + 0.15
+    # Columns of clusters: as few as keep each under CONFUSION_ROWS rows, as many as fit 28 inches across.
+    panels = max(1, min(math.ceil(k / CONFUSION_ROWS), int(26.0 // panel_w)))
+    rows = math.ceil(k / panels)
+    # Rows of at most 14 inches a column; at least 1.8 inches in all, or the colorbar beside them is unreadable.
+    cell_h = max(min(0.42 if counts else 0.2, 14.0 / rows), 1.8 / rows)
+    fontsize = 9 if cell_h >= 0.16 else 7  # a label every row while 9 points fit in one
+    step = max(1, math.ceil(fontsize / 72 * 1.15 / cell_h))
+    long_names = max(map(len, class_names)) > 2
+    class_h = 0.1 + (0.065 * max(map(len, class_names)) * 0.71 if long_names else 0.15)  # rotated 45°
+    fig = Figure(figsize=(panels * panel_w + 1.2, rows * cell_h + class_h + 1.1), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for p, ax in enumerate(axes):
+        part = slice(p * rows, min(k, (p + 1) * rows))
+        # The last column's rows keep the others' height (extent): its blank end is plain paper.
+        image = ax.imshow(shares[part], cmap="Blues", vmin=0, vmax=1, aspect="auto", interpolation="nearest",
+                          extent=(-0.5, n_classes - 0.5, part.stop - 0.5, part.start - 0.5))
+        ax.set_ylim(p * rows + rows - 0.5, p * rows - 0.5)
+        ax.set_xticks(range(n_classes), class_names, rotation=45 if long_names else 0,
+                      ha="right" if long_names else "center", fontsize=9, rotation_mode="anchor")
+        ax.set_yticks(range(part.start, part.stop, step), labels[part][::step], fontsize=fontsize)
+        ax.tick_params(length=2)
+        ax.set_xlabel("true label", fontsize=10)
+        if counts:
+            for i in range(part.start, part.stop):
+                for c in range(n_classes):
+                    if table[order[i], c]:
+                        ax.text(c, i, f"{table[order[i], c]:,}", ha="center", va="center", fontsize=9,
+                                color="white" if shares[i, c] > 0.5 else "black")
+    axes[0].set_ylabel("cluster → inferred label", fontsize=10)
+    fig.colorbar(image, ax=list(axes), label="share of the cluster's rows", shrink=0.8)
+    fig.suptitle(title, fontsize=11)
     return _save(fig, path)
 
 
