@@ -27,16 +27,6 @@ CONFUSION_COUNTS_K = 32
 CONFUSION_ROWS = 64
 
 
-def _show(ax, row, image_shape):
-    image = np.asarray(row).reshape(image_shape)
-    if image.ndim == 3:  # colour: show as 8-bit RGB
-        ax.imshow(np.clip(np.rint(image), 0, 255).astype(np.uint8), interpolation="nearest")
-    else:  # MNIST digits are light on dark: draw them dark on light, as on paper
-        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
 def _save(fig, path):
     path = Path(path)
     fig.savefig(path, dpi=DPI, bbox_inches="tight", facecolor="white")
@@ -44,22 +34,56 @@ def _save(fig, path):
 
 
 def plot_centroids(centers, image_shape, path, *, titles=None, suptitle=None):
-    """The centroids as a grid of images, each titled (e.g. ``#3 → 7``)."""
+    """The centroids as a grid of images, each titled (e.g. ``#3 → 7``).
+
+    One image of all the tiles, framed and titled on one axes (an axes per
+    centroid took 2.9 s at k=256). Tiles are 1.1 inches up to k=100, 0.9 up
+    to k=784 (k=256: 16 x 16 tiles, ~1,650 x 2,000 pixels), smaller beyond so
+    that the picture stays within about 2,800 pixels; titles at 9 points
+    while they fit.
+    """
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    centers = np.asarray(centers)
     k = centers.shape[0]
-    cols = min(k, 10 if k <= 100 else 16)
+    cols = min(k, 10) if k <= 100 else min(math.ceil(math.sqrt(k)), 32)
     rows = math.ceil(k / cols)
-    cell = 1.1 if k <= 100 else 0.8
-    fig = Figure(figsize=(cols * cell, rows * (cell + 0.25) + 0.4))
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for j, ax in enumerate(axes.flat):
-        if j >= k:
-            ax.set_axis_off()
-            continue
-        _show(ax, centers[j], image_shape)
-        if titles is not None:
-            ax.set_title(titles[j], fontsize=8 if k <= 100 else 6, pad=2)
+    title_in = 0.24 if titles is not None else 0.0
+    cell = min(1.1 if k <= 100 else 0.9, 28.0 / cols - 0.1, 28.0 / rows - 0.1 - title_in)  # inches a tile
+    if cell < 0.6:  # too small for a legible title
+        titles, title_in = None, 0.0
+    h, w = image_shape[:2]
+    per_inch = max(h, w) / cell  # image pixels an inch
+    gap, top = round(0.1 * per_inch), round(title_in * per_inch)
+    colour = len(image_shape) == 3
+    paper = 255 if colour else 0  # grey centroids are drawn dark on light: 0 is white
+    image = np.full((rows * (top + h + gap), cols * (w + gap) + gap, *image_shape[2:]), paper, np.uint8)
+    corners = []
+    for j in range(k):
+        r, c = divmod(j, cols)
+        y, x = r * (top + h + gap) + top, c * (w + gap) + gap
+        image[y: y + h, x: x + w] = np.clip(np.rint(centers[j].astype(np.float64)), 0, 255).reshape(image_shape)
+        corners.append((x, y))
+    height_in = image.shape[0] / per_inch
+    head = 0.45 if suptitle else 0.0
+    fig = Figure(figsize=(image.shape[1] / per_inch, height_in + head))
+    ax = fig.add_axes((0, 0, 1, height_in / (height_in + head)))
+    interpolation = "nearest" if per_inch <= DPI else "auto"  # shrunk photos are smoothed, not aliased
+    if colour:
+        ax.imshow(image, interpolation=interpolation, aspect="equal")
+    else:
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation=interpolation, aspect="equal")
+    ax.add_collection(PatchCollection([Rectangle((x - 0.5, y - 0.5), w, h) for x, y in corners],
+                                      facecolor="none", edgecolor="0.25", linewidth=0.8))
+    if titles is not None:
+        # 9 points, smaller where a long class name would spill over the neighbours' titles.
+        fontsize = max(6.0, min(9.0, (cell + 0.08) * 72 / (0.6 * max(map(len, titles)))))
+        for (x, y), title in zip(corners, titles):
+            ax.text(x + w / 2 - 0.5, y - 0.5 - 0.04 * per_inch, title, ha="center", va="bottom", fontsize=fontsize)
+    ax.set_axis_off()
     if suptitle:
-        fig.suptitle(suptitle, fontsize=11)
+        fig.suptitle(suptitle, fontsize=11, y=1 - 0.08 / (height_in + head), va="top")
     return _save(fig, path)
 
 
