@@ -210,6 +210,59 @@ def _membership(labels, k, data):
     return scipy.sparse.csc_matrix((data, labels, np.arange(m + 1)), shape=(k, m))
 
 
+def stats_block_rows(X, dtype, weights, block_rows):
+    """Rows per block of :func:`partial_stats` (and of :mod:`distkm.kernels.pruned`, which must cut alike).
+
+    ``block_rows``, capped at the chunk's rows and, for unweighted 8-bit pixels
+    in float32, at :data:`MAX_EXACT_BLOCK_ROWS` (the exact-sums limit).
+    """
+    m = X.shape[0]
+    exact_int = weights is None and X.dtype.kind in "uib" and X.dtype.itemsize == 1 and dtype == np.float32
+    return max(1, min(block_rows, MAX_EXACT_BLOCK_ROWS if exact_int else block_rows, m))
+
+
+def block_scores(Xb, centers_t, half_sq_norms, out):
+    """``0.5||c||^2 - x.c`` of a block already in the compute dtype, into ``out`` (returned).
+
+    The one GEMM of :func:`partial_stats`: the pruned kernel calls this very
+    function, on the same block buffer, when it needs Lloyd's computed argmin
+    itself (a near tie), so that both round alike.
+    """
+    S = np.matmul(Xb, centers_t, out=out)
+    np.subtract(half_sq_norms, S, out=S)
+    return S
+
+
+def accumulate_block(sums, cluster_weights, labels, Xb, ones, weights=None):
+    """Add a block's rows, assigned to ``labels``, to the per-cluster ``sums`` and ``cluster_weights`` in place.
+
+    Shared by :func:`partial_stats` and :mod:`distkm.kernels.pruned`: the same
+    labels on the same block give the same sums to the bit.
+
+    Parameters
+    ----------
+    sums : ndarray of shape (k, d), float64
+    cluster_weights : ndarray of shape (k,), float64
+    labels : ndarray of shape (n,), int
+    Xb : ndarray of shape (n, d)
+        The block in the compute dtype.
+    ones : ndarray
+        At least ``n`` ones in the compute dtype (a reused buffer).
+    weights : ndarray of shape (n,), optional
+        The block's sample weights.
+    """
+    k, n = sums.shape[0], Xb.shape[0]
+    labels = labels.astype(np.intp, copy=False)  # one index dtype for the sparse matrix, whoever calls
+    if weights is None:
+        cluster_weights += np.bincount(labels, minlength=k)
+        # Exact for integer pixels in float32 (see module notes); float64 otherwise.
+        sums += _membership(labels, k, ones[:n]) @ Xb
+    else:
+        wb = np.asarray(weights, dtype=np.float64)
+        cluster_weights += np.bincount(labels, weights=wb, minlength=k)
+        sums += _membership(labels, k, wb) @ Xb.astype(np.float64, copy=False)
+
+
 def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=BLOCK_ROWS):
     """Partial per-cluster sums and weights of one chunk for one Lloyd iteration.
 
@@ -238,8 +291,7 @@ def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=BLOCK_R
     dtype = centers.dtype
     sums = np.zeros((k, d), dtype=np.float64)
     cluster_weights = np.zeros(k, dtype=np.float64)
-    exact_int = weights is None and X.dtype.kind in "uib" and X.dtype.itemsize == 1 and dtype == np.float32
-    block_rows = max(1, min(block_rows, MAX_EXACT_BLOCK_ROWS if exact_int else block_rows, m))
+    block_rows = stats_block_rows(X, dtype, weights, block_rows)
     # Buffers reused by every block: no allocation per block, and the same memory stays in cache.
     block = np.empty((block_rows, d), dtype=dtype)
     scores = np.empty((block_rows, k), dtype=dtype)
@@ -249,17 +301,8 @@ def partial_stats(X, centers, half_sq_norms, weights=None, *, block_rows=BLOCK_R
         n = rows.stop - rows.start
         Xb = block[:n]
         np.copyto(Xb, X[rows], casting="unsafe")  # uint8 -> compute dtype, into the reused buffer
-        S = np.matmul(Xb, centers_t, out=scores[:n])
-        np.subtract(half_sq_norms, S, out=S)
-        labels = S.argmin(axis=1)
-        if weights is None:
-            cluster_weights += np.bincount(labels, minlength=k)
-            # Exact for integer pixels in float32 (see module notes); float64 otherwise.
-            sums += _membership(labels, k, ones[:n]) @ Xb
-        else:
-            wb = np.asarray(weights[rows], dtype=np.float64)
-            cluster_weights += np.bincount(labels, weights=wb, minlength=k)
-            sums += _membership(labels, k, wb) @ Xb.astype(np.float64, copy=False)
+        labels = block_scores(Xb, centers_t, half_sq_norms, scores[:n]).argmin(axis=1)
+        accumulate_block(sums, cluster_weights, labels, Xb, ones, None if weights is None else weights[rows])
     return PartialStats(sums, cluster_weights)
 
 
