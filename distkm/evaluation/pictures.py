@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 DPI = 100
 #: Lines of thumbnails per page of the members picture: clusters per page when each takes one line.
@@ -257,35 +257,54 @@ def _class_name(index, class_names):
     return "∅" if index < 0 else class_names[index]
 
 
+def _iteration_axis(ax, iterations):
+    """Whole iterations on the x axis, with room around a lone one (not ticks at 0.96, 0.98...)."""
+    if len(iterations) < 3:  # (the integer locator wants two whole numbers in view before it keeps to them)
+        ax.set_xticks(iterations)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=8))
+    ax.set_xlim(iterations[0] - 0.5 - len(iterations) / 40, iterations[-1] + 0.5 + len(iterations) / 40)
+    ax.set_xlabel("iteration", fontsize=10)
+
+
 def plot_convergence(history, path, tol=None):
     """How a fit converged: the inertia's excess over its final value, and the squared center shift against tol.
 
     Both on log axes: the inertia itself is flat after a few iterations on
     a linear one, while its excess keeps falling by orders of magnitude.
+    A fit of one iteration says so in the left panel; beyond 50 iterations
+    the points are drawn as a line alone (300 markers made a thick band).
     """
     iterations = np.array([h["iteration"] for h in history])
     inertia = np.array([h["inertia"] for h in history], dtype=np.float64)
+    marker = "." if len(history) <= 50 else None
     fig = Figure(figsize=(9, 3.6))
     ax1, ax2 = fig.subplots(1, 2)
     excess = (inertia - inertia[-1]) / inertia[-1]
     shown = excess > 0
     if shown.any():
-        ax1.semilogy(iterations[shown], excess[shown], marker=".", lw=1)
-    ax1.set_xlabel("iteration")
-    ax1.set_ylabel("(inertia − final) / final")
+        ax1.semilogy(iterations[shown], excess[shown], marker=marker, lw=1)
+    else:  # one iteration, or an inertia that never fell: no excess to draw on a log axis
+        ax1.set_yticks([])
+        ax1.text(0.5, 0.5, "one iteration: nothing to compare" if len(history) == 1 else
+                 "the inertia never fell below its first value", transform=ax1.transAxes, ha="center",
+                 va="center", fontsize=10, color="0.35")
+    ax1.set_ylabel("(inertia − final) / final", fontsize=10)
     ax1.set_title(f"inertia above its final value ({inertia[-1]:.4g})", fontsize=10)
     shifts = [max(h["center_shift"], 1e-300) for h in history]
-    ax2.semilogy(iterations, shifts, marker=".", lw=1, color="tab:orange", label="squared center shift")
+    ax2.semilogy(iterations, shifts, marker=marker or ".", markevery=None if marker else [len(shifts) - 1], lw=1,
+                 color="tab:orange", label="squared center shift")
     if tol:
         ax2.axhline(tol, color="tab:red", ls="--", lw=1, label=f"tol = {tol:.3g}")
-        ax2.legend(fontsize=8, loc="upper right")
-    ax2.set_xlabel("iteration")
-    ax2.set_ylabel("squared center shift")
+        ax2.legend(fontsize=9, loc="best")
+    ax2.set_ylabel("squared center shift", fontsize=10)
     ax2.set_title("the fit stops once the shift is at most tol", fontsize=10)
     for ax in (ax1, ax2):
+        _iteration_axis(ax, iterations)
         # One style of label ("1e+05"), never mathtext's 10^5, whose first use costs ~0.6 s.
         ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.0e}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.tick_params(labelsize=9)
         ax.grid(True, which="major", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
