@@ -11,7 +11,9 @@ import math
 from pathlib import Path
 
 import numpy as np
+from matplotlib.collections import PatchCollection
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 DPI = 100
@@ -42,9 +44,6 @@ def plot_centroids(centers, image_shape, path, *, titles=None, suptitle=None):
     that the picture stays within about 2,800 pixels; titles at 9 points
     while they fit.
     """
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Rectangle
-
     centers = np.asarray(centers)
     k = centers.shape[0]
     cols = min(k, 10) if k <= 100 else min(math.ceil(math.sqrt(k)), 32)
@@ -375,22 +374,61 @@ def _uncrowded(ax, ks, fontsize):
 
 
 def plot_palette(palette, shares, path):
-    """The colours of a quantised image as swatches, widest for the most used."""
-    order = np.argsort(-np.asarray(shares), kind="stable")
-    inches = min(24.0, max(6.0, 0.9 * len(palette)))
-    fig = Figure(figsize=(inches, 1.6))
-    ax = fig.subplots()
+    """The colours of a quantised image as swatches, widest for the most used.
+
+    A strip of swatches as wide as their share of the pixels, each labelled
+    with its hex code and share where it is wide enough. When some are too
+    narrow (a few pixels each among 256 colours), a grid below names every
+    colour, in the same order, 16 a row (k=256: ~1,650 x 1,000 pixels).
+    """
+    palette = np.asarray(palette)
+    shares = np.asarray(shares, dtype=np.float64)
+    k = len(palette)
+    order = np.argsort(-shares, kind="stable")
+    strip_in = min(16.0, max(6.0, 0.9 * k))
+    # Each swatch at least a few pixels wide, so that a rare colour is still seen (1 % of the strip up to k=25).
+    widths = np.maximum(shares[order], min(0.01, 0.25 / k))
+    widths = widths / widths.sum()
+    named = widths * strip_in >= 0.7  # room for the hex code and the share
+    cols = min(k, 16)
+    grid_rows = 0 if named.all() else math.ceil(k / cols)
+    cell_h, title_in, strip_h = 0.55, 0.35, 1.1  # inches
+    height = title_in + strip_h + (0.15 + grid_rows * cell_h if grid_rows else 0.0)
+    fig = Figure(figsize=(strip_in, height))
+    ax = fig.add_axes((0, (height - title_in - strip_h) / height, 1, strip_h / height))
     left = 0.0
-    for j in order:
-        width = max(float(shares[j]), 0.01)
-        ax.barh(0, width, left=left, color=np.asarray(palette[j]) / 255.0, edgecolor="white", height=1)
+    for j, width, name in zip(order, widths, named):
+        # White edges part the swatches while they are wide; among hundreds they would hide the thin ones.
+        ax.barh(0, width, left=left, color=palette[j] / 255.0, height=1, edgecolor="white",
+                linewidth=1 if k <= 32 else 0)
+        if name:
+            _swatch_label(ax, left + width / 2, 0, palette[j], shares[j])
         left += width
-        if width * inches >= 0.7:  # room for the hex code (in black or white, as the swatch is light or dark)
-            colour = np.asarray(palette[j], dtype=np.float64)
-            ink = "black" if colour @ [0.299, 0.587, 0.114] > 140 else "white"
-            ax.text(left - width / 2, 0, "#{:02x}{:02x}{:02x}\n{:.0%}".format(*palette[j], shares[j]),
-                    ha="center", va="center", fontsize=8, color=ink, family="monospace")
-    ax.set_xlim(0, left)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.5, 0.5)
     ax.set_axis_off()
-    ax.set_title(f"{len(palette)} colours, width = share of pixels", fontsize=9)
+    ax.set_title(f"{k} colours, width = share of pixels" + ("; every colour below, in that order" if grid_rows else ""),
+                 fontsize=10)
+    if grid_rows:
+        grid = fig.add_axes((0, 0, 1, grid_rows * cell_h / height))
+        for i, j in enumerate(order):
+            r, c = divmod(i, cols)
+            grid.add_patch(Rectangle((c + 0.04, r + 0.06), 0.92, 0.88, color=palette[j] / 255.0))
+            _swatch_label(grid, c + 0.5, r + 0.5, palette[j], shares[j])
+        grid.set_xlim(0, cols)
+        grid.set_ylim(grid_rows, 0)
+        grid.set_axis_off()
     return _save(fig, path)
+
+
+def _swatch_label(ax, x, y, colour, share):
+    """Hex code and share of the pixels on a swatch, in black or white as the swatch is light or dark."""
+    ink = "black" if np.asarray(colour, dtype=np.float64) @ [0.299, 0.587, 0.114] > 140 else "white"
+    if share >= 0.095:
+        percent = f"{share:.0%}"
+    elif share >= 0.0005:
+        percent = f"{share:.1%}"
+    else:
+        percent = "<0.1%" if share > 0 else "0%"
+    ax.text(x, y, "#{:02x}{:02x}{:02x}\n{}".format(*(int(v) for v in colour), percent), ha="center", va="center",
+            fontsize=9, color=ink, family="monospace")
