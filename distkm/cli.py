@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,6 +56,9 @@ def _setup_logging(quiet):
         handler.setFormatter(logging.Formatter("distkm: %(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # aiohttp (under s3fs) reports its sessions still open when the process ends ("Unclosed client
+    # session") through asyncio's logger: harmless at exit, and noise on the terminal.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -216,6 +221,7 @@ def _report_flags(parser):
 def _evaluate(args):
     from distkm.estimator import load_model
     from distkm.evaluation.report import report_run
+    from distkm.io import locations
     from distkm.io.stores import open_store
 
     start = time.perf_counter()
@@ -227,11 +233,19 @@ def _evaluate(args):
     if store.images.shape[1] != model.n_features_in_:
         raise ValueError(f"store {data!r} has {store.images.shape[1]} features per row, "
                          f"but the model was fitted on {model.n_features_in_}")
-    with _client(args, report_folder=args.run, data_nbytes=store.images.nbytes):
-        if not args.quiet:
-            print(f"evaluating {args.run} on {data} ({store.images.shape[0]:,} rows)", flush=True)
-        evaluation = report_run(Path(args.run), model, meta, store, pictures=not args.no_pictures,
-                                n_members=args.members, silhouette_sample=args.silhouette_sample, seed=args.seed)
+    remote = locations.is_url(args.run)  # the report is made here, then uploaded into the run folder
+    folder = Path(tempfile.mkdtemp(prefix="distkm-evaluate-")) if remote else Path(args.run)
+    try:
+        with _client(args, report_folder=folder, data_nbytes=store.images.nbytes):
+            if not args.quiet:
+                print(f"evaluating {args.run} on {data} ({store.images.shape[0]:,} rows)", flush=True)
+            evaluation = report_run(folder, model, meta, store, pictures=not args.no_pictures, n_members=args.members,
+                                    silhouette_sample=args.silhouette_sample, seed=args.seed)
+        if remote:
+            locations.upload(folder, args.run)
+    finally:
+        if remote:
+            shutil.rmtree(folder, ignore_errors=True)
     print(evaluation.table())
     print(f"done in {time.perf_counter() - start:.1f} s: {args.run}/evaluation.json, {args.run}/report.md"
           f"{'' if args.no_pictures else f', {args.run}/pictures/'}")
@@ -283,6 +297,10 @@ def _distributed_logs(level):
 
 def _report_beside(out):
     """Where the performance report of a command whose output is a file or an array goes: beside it."""
+    from distkm.io import locations
+
+    if locations.is_url(out):  # an HTML page for the user to open: in the current folder, not the bucket
+        return Path(f"{str(out).rstrip('/').rsplit('/', 1)[-1].split('.')[0]}-{PERFORMANCE_REPORT}")
     out = Path(out)
     return out.with_name(f"{out.stem}-{PERFORMANCE_REPORT}")
 
@@ -378,6 +396,7 @@ def _quantize(args):
 # --------------------------------------------------------------------------- #
 def _augment(args):
     from distkm.apps.augment import augment_store
+    from distkm.io import locations
     from distkm.io.outputs import OutputBusyError, partial_path
 
     shape = tuple(int(v) for v in args.image_shape.lower().split("x")) if args.image_shape else None
@@ -392,7 +411,7 @@ def _augment(args):
     except OutputBusyError:  # the partial store is the other command's
         raise
     except BaseException:
-        if partial_path(args.out).exists():
+        if locations.exists(partial_path(args.out)):
             print(f"distkm: the chunks written so far are kept in {partial_path(args.out)}; run the same command "
                   "again to resume", file=sys.stderr)
         raise
@@ -408,6 +427,7 @@ def _augment(args):
 def _predict(args):
     from distkm.engine.lloyd import write_labels
     from distkm.estimator import load_model
+    from distkm.io import locations
     from distkm.io.outputs import atomic_output, check_output_path
     from distkm.io.stores import open_store
 
@@ -423,7 +443,7 @@ def _predict(args):
             print(f"assigning {store.images.shape[0]:,} rows of {args.store}",
                   flush=True)
         write_labels(tmp, labels, attrs={"model": str(Path(args.run).resolve()),
-                                         "store": str(Path(args.store).resolve()), "split": args.split})
+                                         "store": locations.recorded(args.store), "split": args.split})
     print(f"wrote {args.out}: {labels.shape[0]:,} labels in {time.perf_counter() - start:.1f} s")
 
 

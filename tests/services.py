@@ -3,6 +3,8 @@
 * ``dask_processes``: ``dask scheduler`` and ``dask worker`` as separate processes on 127.0.0.1,
   optionally over TLS.
 * ``make_certificates``: a CA and certificates signed by it (openssl), for TLS.
+* ``s3_server``: an S3-compatible server (moto's standalone server, as s3fs's own tests use)
+  on 127.0.0.1 that checks credentials, with a user, its keys and a bucket.
 * ``slurm``: a single-node SLURM (munged, slurmctld, slurmd) with its configuration, key,
   state and logs in a temporary folder; needs root and Debian's slurm packages (``.ci/run``
   installs them). No systemd: the daemons are started by hand and killed afterwards.
@@ -95,6 +97,96 @@ def dask_processes(n_workers=2, *, tls=None, log_dir):
     finally:
         _stop(procs[1:])
         _stop(procs[:1])
+
+
+class S3Server:
+    """A running S3-compatible server: its endpoint, the keys of its one user, a bucket of that user's."""
+
+    def __init__(self, endpoint, key, secret, bucket):
+        self.endpoint, self.key, self.secret, self.bucket = endpoint, key, secret, bucket
+
+    def environ(self, **changes):
+        """The AWS variables a client (or worker) uses to reach the server, as botocore reads them."""
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.key,
+                "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1", **changes}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.key, aws_secret_access_key=self.secret)
+
+
+#: Requests the server serves without checking credentials: enough to make the user and its keys.
+_S3_SETUP_REQUESTS = 10
+
+
+@contextmanager
+def s3_server(log_dir, *, host="127.0.0.1", port=None, netns=None, bucket="distkm-test"):
+    """moto's S3 server in a process of its own, checking credentials; stopped afterwards.
+
+    moto serves its first ``INITIAL_NO_AUTH_ACTION_COUNT`` requests without
+    authentication: they create an IAM user with an allow-all policy and its
+    access keys; every later request must be signed with those keys, so
+    wrong credentials are refused as by a real service.
+
+    Parameters
+    ----------
+    netns : str, optional
+        Run the server inside this network namespace (``ip netns exec``).
+
+    Yields
+    ------
+    S3Server
+    """
+    import json
+
+    import boto3
+
+    port = port or free_port()
+    command = [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
+    if netns:
+        command = ["ip", "netns", "exec", netns, *command]
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_S3_SETUP_REQUESTS)}
+    proc = subprocess.Popen(command, stdout=open(Path(log_dir) / "s3.log", "w"), stderr=subprocess.STDOUT, env=env)
+    try:
+        endpoint = f"http://{host}:{port}"
+        _wait_for_endpoint(endpoint, proc)
+        anonymous = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+                         aws_secret_access_key="setup")
+        iam = boto3.client("iam", **anonymous)
+        iam.create_user(UserName="distkm")
+        iam.put_user_policy(UserName="distkm", PolicyName="all", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+        keys = iam.create_access_key(UserName="distkm")["AccessKey"]
+        server = S3Server(endpoint, keys["AccessKeyId"], keys["SecretAccessKey"], bucket)
+        server.client().create_bucket(Bucket=bucket)
+        for _ in range(_S3_SETUP_REQUESTS):  # use up the unchecked requests: from now on keys are checked
+            try:
+                boto3.client("iam", **anonymous).list_users()
+            except Exception:
+                break
+        yield server
+    finally:
+        _stop([proc])
+
+
+def _wait_for_endpoint(url, proc, timeout=30.0):
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the S3 server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"no S3 server at {url} after {timeout} s")
 
 
 def make_certificates(folder, names=("scheduler", "worker", "client")):

@@ -17,13 +17,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import zarr
 
 from distkm import config
 from distkm.engine.passes import run_chunk_tasks
+from distkm.io import locations
 from distkm.io.outputs import check_not_an_input, check_output_path, output_lock, partial_path, replace_path
 from distkm.io.stores import (
     blosc_compressor,
@@ -33,6 +33,7 @@ from distkm.io.stores import (
     mark_complete,
     open_store,
     write_chunk,
+    zarr_location,
 )
 from distkm.kernels.distort import distort, random_distortions
 
@@ -136,7 +137,7 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
     start = time.perf_counter()
     plan = _plan(source, out, n, seed=seed, split=split, chunk_rows=chunk_rows, compressor=compressor,
                  originals=originals, strength=strength, image_shape=image_shape)
-    out, work = Path(out), partial_path(out)
+    work = partial_path(out)
     check_output_path(out, overwrite=overwrite, inputs=[source])
     check_not_an_input(work, [source])
     with output_lock(out):  # a second augment to the same output is refused, not raced
@@ -148,7 +149,7 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
                         progress=progress, desc="augment")
         mark_complete(work)
         replace_path(work, out, overwrite=overwrite)
-    size = _disk_usage(out)
+    size = locations.disk_usage(out)
     raw = plan.n_total * (int(np.prod(plan.image_shape)) + 1 + 8)
     return {"rows": plan.n_total, "rows_written": int(sum(rows)), "resumed_chunks": int(done.sum()) if resumed else 0,
             "seconds": time.perf_counter() - start, "bytes_on_disk": size, "bytes_raw": raw,
@@ -182,15 +183,15 @@ def _plan(source, out, n, *, seed, split, chunk_rows, compressor, originals, str
     chunk_rows = int(chunk_rows or config.get("chunk-rows"))
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
-    return AugmentPlan(str(Path(source).resolve()), split, (int(lo), int(hi)), shape, int(n), int(seed), chunk_rows,
+    return AugmentPlan(locations.recorded(source), split, (int(lo), int(hi)), shape, int(n), int(seed), chunk_rows,
                        settings, bool(originals), float(strength), carried)
 
 
 def _resume_or_create(work, plan):
     """Resume a partial store made by the same plan; refuse one made by another; else create it."""
-    if work.exists():
+    if locations.exists(work):
         try:
-            attrs = dict(zarr.open_group(work, mode="r").attrs["distkm"])
+            attrs = dict(zarr.open_group(zarr_location(work), mode="r").attrs["distkm"])
         except Exception:
             attrs = {}
         if attrs.get("augment") == plan.to_attrs():
@@ -200,7 +201,7 @@ def _resume_or_create(work, plan):
             raise ValueError(f"{work} is an unfinished generation with other parameters ({', '.join(differ)} "
                              f"differ); remove it, or rerun the command that started it")
         raise ValueError(f"{work} exists and is not an unfinished distkm augment; remove it first")
-    source = zarr.open_group(plan.source, mode="r")
+    source = zarr.open_group(zarr_location(plan.source), mode="r")
     has_labels = "labels" in source.array_keys()
     create_store(work, n=plan.n_total, n_features=int(np.prod(plan.image_shape)), chunk_rows=plan.chunk_rows,
                          labels=has_labels, source_index=True,
@@ -213,7 +214,7 @@ def _resume_or_create(work, plan):
 
 def _augment_chunk(i, *, plan, out):
     """Write output row chunk ``i`` (runs on a worker; needs only the plan)."""
-    source = zarr.open_group(plan.source, mode="r")
+    source = zarr.open_group(zarr_location(plan.source), mode="r")
     src_images = source["images"]
     src_labels = source["labels"] if "labels" in source.array_keys() else None
     lo, hi = plan.source_rows
@@ -253,6 +254,3 @@ def _augment_chunk(i, *, plan, out):
             labels[generated] = src_labels[w0:w1][pick]
     return write_chunk(out, i, images, labels if src_labels is not None else None, index)
 
-
-def _disk_usage(path):
-    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())

@@ -6,11 +6,18 @@ the Lloyd loop converges, one pass over the fitted rows writes their labels,
 computes the exact inertia and cluster sizes and tabulates the evaluation of
 their split (:func:`distkm.engine.lloyd.final_pass`); only the other splits
 (the held-out rows) are read again, by the evaluation.
+
+A run folder on object storage (``--out s3://...``) is built the same way,
+except that only its labels array, written by the workers, goes to the
+hidden prefix ``OUT.partial`` at once; the small files are made in a local
+temporary folder and uploaded beside it, then the whole is copied into
+place (:func:`distkm.io.outputs.replace_path`). Such a fit does not resume.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -18,6 +25,7 @@ from pathlib import Path
 from distkm.engine.lloyd import labels_array_for, write_labels
 from distkm.estimator import KMeans
 from distkm.evaluation.report import evaluation_plan_for, report_run
+from distkm.io import locations
 from distkm.io.checkpoint import Checkpoint
 from distkm.io.model import save_model
 from distkm.io.outputs import check_not_an_input, check_output_path, output_lock, partial_path, replace_path
@@ -55,7 +63,9 @@ class FitJob:
     x : dask.array.Array
         The rows fitted.
     work : Path
-        ``OUT.partial``, where the run is built.
+        ``OUT.partial``, where the run is built (a local temporary folder for a URL ``out``).
+    stage : Path or str
+        Where the labels array is written and the run assembled: ``work``, or ``OUT.partial`` for a URL.
     kept : bool
         After a failure: whether ``work`` was kept for a resume (it holds a checkpoint).
     """
@@ -65,15 +75,22 @@ class FitJob:
         self.split = split
         self.start, self.stop = self.store.bounds(split)
         self.x = self.store.images[self.start:self.stop]
-        self.out, self.overwrite = Path(out), overwrite
+        self.remote = locations.is_url(out)
+        self.out, self.overwrite = (out if self.remote else Path(out)), overwrite
         inputs = [store, *inputs]
         check_output_path(out, overwrite=overwrite, inputs=inputs)
-        self.work = partial_path(out)
-        check_not_an_input(self.work, inputs)
+        self.stage = partial_path(out)
+        check_not_an_input(self.stage, inputs)
+        if self.remote and resume:
+            raise ValueError(f"a fit into {locations.public_url(out)!r} cannot resume: runs on object storage are "
+                             "not checkpointed; start it again without resume")
+        self.work = Path(tempfile.mkdtemp(prefix="distkm-run-")) if self.remote else self.stage
         self._lock = ExitStack()  # held from here until the run is published or has failed
         self._lock.enter_context(output_lock(out))
         try:
-            if self.work.exists() and not resume:
+            if self.remote and locations.exists(self.stage):  # left by a fit that was killed
+                locations.remove(self.stage)
+            elif not self.remote and self.work.exists() and not resume:
                 raise FileExistsError(f"{self.work} holds an interrupted fit; continue it with resume=True, "
                                       "or delete it to start over")
             self.model = KMeans(**params, checkpoint=str(self.work / "checkpoint"))
@@ -82,6 +99,8 @@ class FitJob:
                 raise ValueError(f"n_samples={self.x.shape[0]} should be >= n_clusters={self.model.n_clusters}.")
         except BaseException:
             self._lock.close()
+            if self.remote:
+                shutil.rmtree(self.work, ignore_errors=True)
             raise
         self.kept = False
         self._created = time.perf_counter()
@@ -93,9 +112,11 @@ class FitJob:
         try:
             yield self
         except BaseException:
-            self.kept = Checkpoint(self.work / "checkpoint").exists()
+            self.kept = not self.remote and Checkpoint(self.work / "checkpoint").exists()
             if not self.kept:  # nothing worth resuming: leave nothing behind
                 shutil.rmtree(self.work, ignore_errors=True)
+                if self.remote:
+                    locations.remove(self.stage)
             self._lock.close()
             raise
 
@@ -111,9 +132,10 @@ class FitJob:
         evaluation : distkm.evaluation.evaluate.Evaluation or None
         """
         started = time.perf_counter()
-        labels_path = self.work / "labels.zarr"
-        shutil.rmtree(labels_path, ignore_errors=True)  # from an attempt killed while writing them
-        attrs = {"store": str(Path(self.store.path).resolve()), "split": self.split}
+        labels_path = locations.join(self.stage, "labels.zarr")
+        if not self.remote:
+            shutil.rmtree(labels_path, ignore_errors=True)  # from an attempt killed while writing them
+        attrs = {"store": locations.recorded(self.store.path), "split": self.split}
         final = {"labels_to": labels_array_for(labels_path, self.x, attrs=attrs), "row_offset": self.start}
         plan = evaluation_plan_for(self.store, self.split, pictures=pictures, seed=seed) if evaluate else None
         fitted_split = self.split or ("all" if plan is not None and list(plan.splits) == ["all"] else None)
@@ -139,6 +161,9 @@ class FitJob:
         """Move the complete run into place (replacing the old one only now) and drop the checkpoint."""
         try:
             Checkpoint(self.work / "checkpoint").remove()
-            replace_path(self.work, self.out, overwrite=self.overwrite)
+            if self.remote:
+                locations.upload(self.work, self.stage)
+                shutil.rmtree(self.work, ignore_errors=True)
+            replace_path(self.stage, self.out, overwrite=self.overwrite)
         finally:
             self._lock.close()

@@ -21,6 +21,7 @@ from distkm import config
 from distkm.engine.cache import cache_on_client
 from distkm.estimator import KMeans
 from distkm.evaluation.evaluate import evaluate_store
+from distkm.io import locations
 from distkm.io.model import save_model
 from distkm.io.outputs import write_text_atomic
 
@@ -122,7 +123,7 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
         if out is not None:
             run_dir = Path(out) / f"k={k:03d}"
             run_dir.mkdir()
-            data = {"path": str(Path(store.path).resolve()), "split": split, "array": "images",
+            data = {"path": locations.recorded(store.path), "split": split, "array": "images",
                     "n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}
             save_model(run_dir, model, data=data, extra={"timings": {"fit_seconds": fit_seconds}})
             evaluation.write_json(run_dir / "evaluation.json")
@@ -147,7 +148,7 @@ def format_table(rows, *, markdown=False):
 def write_sweep(out, rows, *, store, split, pictures=True):
     """Write ``sweep.json``, ``sweep.md``, ``sweep.csv`` and ``elbow.png`` into ``out``."""
     out = Path(out)
-    doc = {"store": str(Path(store.path).resolve()), "split": split, "rows": rows}
+    doc = {"store": locations.recorded(store.path), "split": split, "rows": rows}
     write_text_atomic(out / "sweep.json", json.dumps(doc, indent=2) + "\n")
     keys = [key for key, _, _ in COLUMNS if any(r.get(key) is not None for r in rows)]
     csv = [",".join(keys)] + [",".join("" if r.get(key) is None else repr(r[key]) for key in keys) for r in rows]

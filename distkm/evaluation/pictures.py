@@ -114,8 +114,8 @@ def plot_members(nearest, random, image_shape, path_stem, *, titles, per_page=ME
     axes per thumbnail: 40 x 16 axes take seconds to draw). The page is as
     wide as the members it shows (clusters of a few members give a narrow
     page, not a wide blank one); more than ``MEMBERS_PER_LINE`` members a
-    side wrap onto further lines, with fewer clusters a page, so that a page
-    stays within about 2,600 x 1,100 pixels.
+    side (half as many up to 5 clusters) wrap onto further lines, with fewer
+    clusters a page, so that a page stays within about 2,600 x 1,100 pixels.
 
     Parameters
     ----------
@@ -136,8 +136,10 @@ def plot_members(nearest, random, image_shape, path_stem, *, titles, per_page=ME
     """
     k = nearest.keys.shape[0]
     shown = np.maximum(nearest.counts, random.counts)  # members a side, per cluster (fewer than m when it is small)
+    # Up to 5 clusters, half as many a line: two clusters of 20 + 20 made a 2,558 x 163 strip, now 1,300 x 270.
+    per_line = MEMBERS_PER_LINE if k > 5 else max(1, MEMBERS_PER_LINE // 2)
     # Lines a cluster takes: the same for every cluster, so that the pages split the clusters evenly.
-    lines = max(1, math.ceil(int(shown.max(initial=0)) / MEMBERS_PER_LINE))
+    lines = max(1, math.ceil(int(shown.max(initial=0)) / per_line))
     clusters_per_page = max(1, per_page // lines)
     pages = math.ceil(k / clusters_per_page)
     paths = []
@@ -145,15 +147,15 @@ def plot_members(nearest, random, image_shape, path_stem, *, titles, per_page=ME
         clusters = list(range(page * clusters_per_page, min(k, (page + 1) * clusters_per_page)))
         name = f"{path_stem.name}.png" if pages == 1 else f"{path_stem.name}-{page + 1:02d}.png"
         paths.append(_members_page(nearest, random, image_shape, clusters, [titles[j] for j in clusters],
-                                   int(shown[clusters].max()), path_stem.with_name(name)))
+                                   int(shown[clusters].max()), per_line, path_stem.with_name(name)))
     return paths
 
 
-def _members_page(nearest, random, image_shape, clusters, titles, n, path):
+def _members_page(nearest, random, image_shape, clusters, titles, n, per_line, path):
     colour = len(image_shape) == 3
     h, w = image_shape[:2]
     gap = max(2, round(2 / _tile_scale(image_shape)))  # ~4 screen pixels between thumbnails
-    cols = max(1, min(n, MEMBERS_PER_LINE))
+    cols = max(1, min(n, per_line))
     lines = max(1, math.ceil(n / cols))
     # Clusters of several lines are set apart by a wider gap than the lines within one.
     block = lines * (h + gap) - gap

@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from distkm.io import locations
+from distkm.io.stores import zarr_location
+
 MODEL_FORMAT = "distkm-model"
 MODEL_FORMAT_VERSION = 1
 _PARAMS = ("n_clusters", "init", "n_init", "max_iter", "tol", "random_state", "dtype", "algorithm")
@@ -103,13 +106,14 @@ def read_model(run_dir):
     ValueError
         The files are not a distkm model or disagree with each other.
     """
-    run_dir = Path(run_dir)
-    meta_path = run_dir / "model.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{str(run_dir)!r} is not a distkm run folder (no model.json)")
+    where = locations.public_url(run_dir)
+    meta_path = locations.join(run_dir, "model.json")
+    text = locations.read_text(meta_path)
+    if text is None:
+        raise FileNotFoundError(f"{where!r} is not a distkm run folder (no model.json)")
     try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
         raise ValueError(f"{meta_path} is not valid JSON ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
         raise ValueError(f"{meta_path} is not a distkm model file")
@@ -119,11 +123,11 @@ def read_model(run_dir):
     k, d = meta.get("n_clusters"), meta.get("n_features")
     if not all(isinstance(v, int) and v >= 1 for v in (k, d)):
         raise ValueError(f"{meta_path}: n_clusters and n_features must be positive integers, got {k!r}, {d!r}")
-    centers_path = run_dir / "centroids.zarr"
-    if not centers_path.exists():
-        raise FileNotFoundError(f"{str(run_dir)!r} has no centroids.zarr")
+    centers_path = locations.join(run_dir, "centroids.zarr")
+    if not locations.exists(centers_path):
+        raise FileNotFoundError(f"{where!r} has no centroids.zarr")
     try:
-        centers = np.asarray(zarr.open_array(centers_path, mode="r")[...])
+        centers = np.asarray(zarr.open_array(zarr_location(centers_path), mode="r")[...])
     except Exception as e:
         raise ValueError(f"{centers_path} is not a readable zarr array ({e})") from e
     if centers.shape != (k, d):

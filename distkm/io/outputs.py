@@ -5,7 +5,9 @@ is built in a hidden temporary folder next to its destination and renamed
 into place only once complete, so a crash, a Ctrl-C or a failed write never
 leaves a half-written output that a later command could mistake for a good
 one. With ``overwrite``, the old output is replaced only after the new one
-is complete.
+is complete. On object storage (an output given as a URL), which has no
+rename, the temporary folder is a hidden prefix and the move a copy on the
+server, markers last (:func:`distkm.io.locations.publish_url`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from distkm.io import locations
 
 
 def check_output_path(path, *, overwrite=False, inputs=()):
@@ -42,6 +46,14 @@ def check_output_path(path, *, overwrite=False, inputs=()):
     PermissionError
         The folder that would hold ``path`` cannot be written.
     """
+    if locations.is_url(path):
+        check_not_an_input(path, inputs)
+        if locations.exists(path):
+            if not overwrite:
+                raise FileExistsError(f"output {locations.public_url(path)!r} already exists; pass overwrite=True "
+                                      "to replace it")
+            _check_replaceable(path)
+        return
     path = Path(path)
     check_not_an_input(path, inputs)
     if path.exists() or path.is_symlink():
@@ -62,11 +74,11 @@ def check_not_an_input(path, inputs):
     ValueError
         Naming the output, the input and how they overlap.
     """
-    out = Path(path).resolve()
+    out = _comparable(path)
     for given in inputs:
         if given is None:
             continue
-        source = Path(given).resolve()
+        source = _comparable(given)
         if out == source:
             how = "is"
         elif out in source.parents:
@@ -75,8 +87,19 @@ def check_not_an_input(path, inputs):
             how = "lies inside"
         else:
             continue
-        raise ValueError(f"output {str(path)!r} {how} the input {str(given)!r}: an output may never replace, "
-                         "hold or sit inside an input; choose another output")
+        raise ValueError(f"output {locations.public_url(path)!r} {how} the input {locations.public_url(given)!r}: "
+                         "an output may never replace, hold or sit inside an input; choose another output")
+
+
+def _comparable(path):
+    """``path`` resolved, as a :class:`~pathlib.PurePosixPath` (a URL: its protocol, host and path, normalised)."""
+    from pathlib import PurePosixPath
+    from urllib.parse import urlsplit
+
+    if not locations.is_url(path):
+        return Path(path).resolve()
+    parts = urlsplit(locations.public_url(path))
+    return PurePosixPath("/", parts.scheme + ":", parts.netloc, *parts.path.strip("/").split("/"))
 
 
 def written_by_distkm(path):
@@ -87,21 +110,20 @@ def written_by_distkm(path):
     ``distkm-model``), a sweep folder (``sweep.json``), a quantize folder or
     image (named by a distkm palette JSON).
     """
-    path = Path(path)
-    if path.is_symlink():
-        return None
-    if path.is_dir():
-        meta = _read_json(path / "zarr.json")
-        if meta is not None and "distkm" in meta.get("attributes", {}):
-            return "store" if meta.get("node_type") == "group" else "labels array"
-        if (_read_json(path / "model.json") or {}).get("format") == "distkm-model":
-            return "run folder"
-        if "rows" in (_read_json(path / "sweep.json") or {}):
-            return "sweep folder"
-        if _is_palette(path / "palette.json"):
-            return "quantize folder"
-        return None
-    if path.is_file():
+    if not locations.is_url(path) and (Path(path).is_symlink() or not Path(path).is_dir()):
+        return _written_file(Path(path))
+    for marker in ("zarr.json", "model.json", "sweep.json"):  # a folder, or a prefix on object storage
+        kind = _kind(marker, locations.read_text(locations.join(path, marker)))
+        if kind is not None:
+            return kind
+    if not locations.is_url(path) and _is_palette(Path(path) / "palette.json"):
+        return "quantize folder"
+    return None
+
+
+def _written_file(path):
+    """What distkm file ``path`` is (a palette, a quantized image), or ``None``."""
+    if path.is_file() and not path.is_symlink():
         if path.suffix == ".json" and path.stem.endswith("palette") and _is_palette(path):
             return "palette"
         for palette in (path.with_name(path.stem + "-palette.json"),
@@ -110,6 +132,23 @@ def written_by_distkm(path):
             if doc.get("format") == "distkm-palette" and \
                     path.name in doc.get("images", []) + [palette.with_suffix(".png").name]:
                 return "quantized image"
+    return None
+
+
+def _kind(marker, text):
+    """What distkm output a folder whose ``marker`` file holds ``text`` is, or ``None``."""
+    try:
+        doc = json.loads(text)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(doc, dict):
+        return None
+    if marker == "zarr.json" and "distkm" in doc.get("attributes", {}):
+        return "store" if doc.get("node_type") == "group" else "labels array"
+    if marker == "model.json" and doc.get("format") == "distkm-model":
+        return "run folder"
+    if marker == "sweep.json" and "rows" in doc:
+        return "sweep folder"
     return None
 
 
@@ -127,9 +166,9 @@ def _read_json(path):
 
 def _check_replaceable(path):
     if written_by_distkm(path) is None:
-        raise FileExistsError(f"output {str(path)!r} exists and is not an output of distkm; overwrite=True replaces "
-                              "only what distkm wrote (a store, a run folder...): remove it yourself or choose another "
-                              "output")
+        raise FileExistsError(f"output {locations.public_url(path)!r} exists and is not an output of distkm; "
+                              "overwrite=True replaces only what distkm wrote (a store, a run folder...): remove it "
+                              "yourself or choose another output")
 
 
 def _existing_ancestor(path):
@@ -152,11 +191,17 @@ def output_lock(path):
     stale. The file is removed when the block ends (a killed command leaves
     an empty one, which the next command simply takes).
 
+    On object storage (a URL) there is nothing to lock: the block runs
+    unguarded (two commands writing the same URL are not detected).
+
     Raises
     ------
     OutputBusyError
         Another command holds the lock.
     """
+    if locations.is_url(path):
+        yield
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(f".{path.name}.lock")
@@ -199,6 +244,9 @@ def atomic_output(path, *, overwrite=False, inputs=()):
     Path
         The temporary folder to write into. It is removed if the block raises.
     """
+    if locations.is_url(path):
+        yield from _atomic_url(path, overwrite=overwrite, inputs=inputs)
+        return
     path = Path(path)
     check_output_path(path, overwrite=overwrite, inputs=inputs)
     with output_lock(path):
@@ -214,6 +262,22 @@ def atomic_output(path, *, overwrite=False, inputs=()):
         except FileExistsError:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+
+
+def _atomic_url(url, *, overwrite, inputs):
+    """:func:`atomic_output` on object storage: a hidden prefix, then a copy on the server (no lock exists there)."""
+    check_output_path(url, overwrite=overwrite, inputs=inputs)
+    tmp = locations.temporary_url(url)
+    try:
+        yield tmp
+    except BaseException:
+        locations.remove(tmp)
+        raise
+    try:
+        replace_path(tmp, url, overwrite=overwrite)
+    except BaseException:
+        locations.remove(tmp)
+        raise
 
 
 def write_text_atomic(path, text):
@@ -232,6 +296,8 @@ def write_text_atomic(path, text):
 
 def partial_path(path):
     """Where a resumable output is built before it is complete (``OUT.partial``, visible on purpose)."""
+    if locations.is_url(path):
+        return str(path).rstrip("/") + ".partial"
     path = Path(path)
     return path.with_name(path.name + ".partial")
 
@@ -245,6 +311,11 @@ def replace_path(src, dst, *, overwrite=False):
         ``dst`` exists (it appeared while ``src`` was being made) and ``overwrite`` is false:
         it is never clobbered silently.
     """
+    if locations.is_url(dst):
+        if overwrite and locations.exists(dst):
+            _check_replaceable(dst)
+        locations.publish_url(src, dst, replace=overwrite)
+        return
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"output {str(dst)!r} appeared while writing; nothing was replaced")

@@ -24,6 +24,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from distkm import config
+from distkm.io import locations
 from distkm.io.zarr_chunks import read_whole_chunk
 
 STORE_FORMAT_VERSION = 1
@@ -62,9 +63,14 @@ def blosc_compressor(spec=None):
     return BloscCodec(**compressor_settings(spec))
 
 
+def zarr_location(path, *, read_only=True):
+    """What zarr opens for ``path``: the local path itself, or a store over the URL (:mod:`distkm.io.locations`)."""
+    return locations.zarr_store(path, read_only=read_only) if locations.is_url(path) else locations.local_path(path)
+
+
 def write_store(path, images, labels, attrs, *, chunk_rows, compressor=None):
     """Write in-memory ``images`` (and ``labels``) as a distkm store at ``path``, then mark it complete."""
-    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group = zarr.open_group(zarr_location(path, read_only=False), mode="w", zarr_format=3)
     group.attrs["distkm"] = {**attrs, "complete": False}
     # Every chunk is written, even an all-zero one: a missing chunk then always means damage.
     kwargs = dict(compressors=blosc_compressor(compressor), overwrite=True, config={"write_empty_chunks": True})
@@ -82,7 +88,7 @@ def write_store(path, images, labels, attrs, *, chunk_rows, compressor=None):
 class ImageStore:
     """A distkm store opened lazily: dask arrays over the zarr arrays."""
 
-    path: Path
+    path: Path | str  # a local path, or a URL (see distkm.io.locations)
     images: da.Array
     labels: da.Array | None
     attrs: dict
@@ -115,7 +121,8 @@ def open_store(path, *, split=None, array="images"):
     ----------
     path : str or Path
         A distkm store (a zarr group with ``images``), or any zarr group
-        holding a 2-D array named ``array``, or a zarr array itself.
+        holding a 2-D array named ``array``, or a zarr array itself: a local
+        path or a URL (``s3://bucket/data.zarr``; see :mod:`distkm.io.locations`).
     split : str, optional
         Keep only the rows of this split (``"train"``, ``"test"``).
     array : str
@@ -125,13 +132,14 @@ def open_store(path, *, split=None, array="images"):
     -------
     ImageStore
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no zarr store at {str(path)!r} (create one with `distkm ingest mnist --out {path}`)")
+    path = path if locations.is_url(path) else locations.local_path(path)
+    where = locations.public_url(path)
+    if not locations.exists(path):
+        raise FileNotFoundError(f"no zarr store at {where!r} (create one with `distkm ingest mnist --out {where}`)")
     try:
-        node = zarr.open(path, mode="r")
+        node = zarr.open(zarr_location(path), mode="r")
     except Exception as e:
-        raise ValueError(f"{str(path)!r} is not a readable zarr store ({e})") from e
+        raise ValueError(f"{where!r} is not a readable zarr store ({e})") from e
     if isinstance(node, zarr.Array):
         group_attrs, images, labels = {}, node, None
     else:
@@ -140,31 +148,31 @@ def open_store(path, *, split=None, array="images"):
             # Advice from what distkm knows, never text from the store (it is printed to a terminal).
             how = ("run the `distkm augment` command that was writing it again to resume it" if "augment" in group_attrs
                    else "write it again")
-            raise ValueError(f"store {str(path)!r} is incomplete (its writing was interrupted); {how}")
+            raise ValueError(f"store {where!r} is incomplete (its writing was interrupted); {how}")
         members = sorted(node.array_keys())
         if array not in members:
             held = ", ".join(map(printable, members)) or "nothing"
-            raise ValueError(f"store {str(path)!r} has no {array!r} array (it holds: {held})")
+            raise ValueError(f"store {where!r} has no {array!r} array (it holds: {held})")
         images = node[array]
         labels = node["labels"] if "labels" in members else None
         if group_attrs.get("complete") is True:
-            _check_chunks_present(images, f"store {str(path)!r} ({array})")
+            _check_chunks_present(images, locations.join(path, array), f"store {where!r} ({array})")
             n_declared = max((stop for _, stop in group_attrs.get("splits", {}).values()), default=0)
             if n_declared > images.shape[0]:
-                raise ValueError(f"store {str(path)!r} declares splits up to row {n_declared}, "
+                raise ValueError(f"store {where!r} declares splits up to row {n_declared}, "
                                  f"but {array} has {images.shape[0]} rows")
-    x = _zarr_to_dask(images, f"{path}/{array}" if group_attrs or labels is not None else str(path))
+    x = _zarr_to_dask(images, f"{where}/{array}" if group_attrs or labels is not None else where)
     y = None
     if labels is not None:
         if labels.shape != (x.shape[0],):
-            raise ValueError(f"store {str(path)!r}: labels have shape {labels.shape}, expected ({x.shape[0]},)")
-        y = _read_lazily(labels, f"{path}/labels").rechunk((x.chunks[0],))
+            raise ValueError(f"store {where!r}: labels have shape {labels.shape}, expected ({x.shape[0]},)")
+        y = _read_lazily(labels, f"{where}/labels").rechunk((x.chunks[0],))
     store = ImageStore(path, x, y, group_attrs)
     if split is not None:
         start, stop = store.bounds(split)
         store = ImageStore(path, x[start:stop], None if y is None else y[start:stop], group_attrs)
     if store.images.shape[0] == 0:
-        raise ValueError(f"store {str(path)!r} holds no rows")
+        raise ValueError(f"store {where!r} holds no rows")
     return store
 
 
@@ -198,20 +206,30 @@ def _read_chunk(array, index, asarray=True, lock=None, *, where):
                       f"{type(e).__name__}: {e}; the store is damaged, write it again") from e
 
 
-def _check_chunks_present(z, where):
+def _check_chunks_present(z, location, where):
     """A distkm store writes every chunk: a missing one means a damaged store (zarr would read zeros)."""
-    # Work in proportion to what is on disk, never to what the metadata claims: zarr's nchunks_initialized
+    # Work in proportion to what is stored, never to what the metadata claims: zarr's nchunks_initialized
     # enumerates every chunk key of the shape (10**12 rows: a MemoryError after minutes and 6 GB).
-    root = Path(str(z.store_path).removeprefix("file://"))
-    present = sum(1 for _ in _chunk_files(root / "c", z.ndim))
-    if present < z.nchunks:
+    keys = _chunk_keys(z, location)
+    if len(keys) < z.nchunks:
+        present = len(keys)
         # The first missing chunk comes at most present + 1 checks in: metadata that claims 10**12 rows
         # costs no more than the chunks that exist (a list of the missing ones took 6 GB and never ended).
         first = next(i for i in range(z.cdata_shape[0])
-                     if not (root / z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1))).exists())
+                     if z.metadata.encode_chunk_key((i,) + (0,) * (z.ndim - 1)) not in keys)
         raise ValueError(f"{where} is damaged: {z.nchunks - present:,} chunk(s) missing, the first is chunk {first}"
                          f" (rows {first * z.chunks[0]}-{min((first + 1) * z.chunks[0], z.shape[0]) - 1}); "
                          "write the store again")
+
+
+def _chunk_keys(z, location):
+    """The keys (``c/<i>/<j>``) of the chunks of the zarr v3 array ``z`` at ``location`` that are stored, by listing."""
+    if locations.is_url(location):
+        fs, root = locations.filesystem(location)
+        root = root.rstrip("/")
+        return {name[len(root) + 1:] for name in fs.find(f"{root}/c")}
+    root = locations.local_path(location)
+    return {f.relative_to(root).as_posix() for f in _chunk_files(root / "c", z.ndim)}
 
 
 def _chunk_files(folder, depth):
@@ -246,7 +264,7 @@ def as_dask_array(X, *, name="X"):
     group, or the path of a zarr store. Rows are never split across chunks;
     numpy input is chunked by ``distkm.chunk-rows``.
     """
-    if isinstance(X, (str, os.PathLike)):
+    if isinstance(X, (str, os.PathLike)):  # a local path or a URL
         return open_store(X).images
     if isinstance(X, zarr.Group):
         if "images" not in X.array_keys():
@@ -278,7 +296,7 @@ def as_dask_array(X, *, name="X"):
 
 def create_store(path, *, n, n_features, chunk_rows, attrs, labels=True, source_index=False, compressor=None):
     """Create an empty, incomplete distkm store (images n x d uint8, labels, optional source_index)."""
-    group = zarr.open_group(path, mode="w", zarr_format=3)
+    group = zarr.open_group(zarr_location(path, read_only=False), mode="w", zarr_format=3)
     group.attrs["distkm"] = {"format_version": STORE_FORMAT_VERSION, **attrs, "complete": False}
     common = dict(compressors=compressor or blosc_compressor(), config={"write_empty_chunks": True})
     group.create_array("images", shape=(n, n_features), chunks=(chunk_rows, n_features), dtype="uint8",
@@ -294,15 +312,15 @@ def create_store(path, *, n, n_features, chunk_rows, attrs, labels=True, source_
 
 def chunks_done(path):
     """Boolean per row chunk: is the chunk completely written?"""
-    images = zarr.open_array(Path(path) / "images", mode="r")
-    n_chunks = images.cdata_shape[0]
-    return np.array([os.path.exists(Path(path) / "images" / images.metadata.encode_chunk_key((i, 0)))
-                     for i in range(n_chunks)], dtype=bool)
+    images = zarr.open_group(zarr_location(path), mode="r")["images"]
+    keys = _chunk_keys(images, locations.join(path, "images"))
+    return np.array([images.metadata.encode_chunk_key((i, 0)) in keys for i in range(images.cdata_shape[0])],
+                    dtype=bool)
 
 
 def write_chunk(path, i, images, labels=None, source_index=None):
     """Write row chunk ``i`` of a store: labels and source_index first, images last (the completion mark)."""
-    group = zarr.open_group(path, mode="r+")
+    group = zarr.open_group(zarr_location(path, read_only=False), mode="r+")
     rows = slice(i * group["images"].chunks[0], i * group["images"].chunks[0] + images.shape[0])
     if labels is not None and "labels" in group:
         group["labels"][rows] = labels
@@ -317,6 +335,6 @@ def mark_complete(path, **extra):
     done = chunks_done(path)
     if not done.all():
         raise RuntimeError(f"{path}: {int((~done).sum())} chunk(s) missing; the store stays incomplete")
-    group = zarr.open_group(path, mode="r+")
+    group = zarr.open_group(zarr_location(path, read_only=False), mode="r+")
     attrs = dict(group.attrs["distkm"])
     group.attrs["distkm"] = {**attrs, **extra, "complete": True}

@@ -1,0 +1,233 @@
+"""Where stores live: a local path, or a URL that fsspec can open (``s3://bucket/data.zarr``, ``gs://``...).
+
+A store on object storage is read by every worker straight from there, so a
+cluster of several hosts needs no shared filesystem. Settings come from the
+standard places of each service (for S3: the AWS environment variables,
+``~/.aws/config`` and ``credentials``, profiles, ``AWS_ENDPOINT_URL`` for an
+S3-compatible service such as MinIO or Ceph), plus ``distkm.storage-options``
+for what those places cannot say. distkm records only the URL, never a
+credential: :func:`public_url` strips anything in the URL's user part.
+
+Object stores have no rename: an output on one is made complete in a hidden
+prefix beside its final name, then copied into place on the server (its
+metadata files last, so a reader never sees a half-copied store), and the
+hidden prefix removed (:func:`publish_url`).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from distkm import config
+
+#: Files that make a folder a store or a run (copied last, so that a half-copied output is never one).
+_MARKERS = ("zarr.json", "model.json", "sweep.json")
+
+
+def is_url(path):
+    """Whether ``path`` names a location through a protocol (``s3://...``), not a local path."""
+    return isinstance(path, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) is not None \
+        and not path.startswith("file://")
+
+
+def local_path(path):
+    """A local path as :class:`~pathlib.Path` (``file://`` stripped)."""
+    return Path(str(path).removeprefix("file://"))
+
+
+def storage_options(url):
+    """fsspec options for ``url``'s protocol: ``distkm.storage-options.<protocol>``, empty by default.
+
+    For S3, credentials and the endpoint come from botocore's usual sources;
+    this mapping is for the rest (timeouts, retries, ``anon: true``).
+    """
+    protocol = urlsplit(url).scheme
+    options = config.get("storage-options", {}) or {}
+    return dict(options.get(protocol, {}) or {})
+
+
+def filesystem(url):
+    """The fsspec filesystem of ``url`` and the path inside it.
+
+    Raises
+    ------
+    ImportError
+        The protocol's package is not installed (named, with the pip command).
+    """
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url, **storage_options(url))
+    except ImportError as e:
+        protocol = urlsplit(url).scheme
+        extra = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(protocol)
+        hint = f"pip install {extra}" if extra else "install the fsspec package for it"
+        raise ImportError(f"cannot open {public_url(url)!r}: the {protocol}:// protocol needs a package that is not "
+                          f"installed ({hint}; for S3: pip install 'distkm[s3]')") from e
+
+
+def zarr_store(url, *, read_only=True):
+    """A zarr :class:`~zarr.storage.FsspecStore` over ``url``."""
+    from zarr.storage import FsspecStore
+
+    filesystem(url)  # a missing package named here, not deep inside zarr
+    # from_url makes the filesystem asynchronous, on zarr's own event loop.
+    return FsspecStore.from_url(url, storage_options=storage_options(url), read_only=read_only)
+
+
+def public_url(path):
+    """``path`` as it may be printed or recorded: a URL loses any user or password it carries."""
+    if not is_url(path):
+        return str(path)
+    parts = urlsplit(path)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+
+
+def recorded(path):
+    """``path`` as distkm records it in model.json and reports: absolute, or the URL without credentials."""
+    return public_url(path) if is_url(path) else str(local_path(path).resolve())
+
+
+def join(base, *names):
+    """``base`` / ``names`` for a local path (a :class:`~pathlib.Path`) or a URL (a string)."""
+    if is_url(base):
+        return "/".join([str(base).rstrip("/"), *names])
+    return local_path(base).joinpath(*names)
+
+
+def exists(path):
+    """Whether anything is at ``path`` (a file, a folder, a prefix holding objects).
+
+    Raises
+    ------
+    FileNotFoundError
+        The URL's bucket (its first component) does not exist.
+    PermissionError, ConnectionError
+        The service refused the credentials, or cannot be reached (one line, see :func:`explained`).
+    """
+    if not is_url(path):
+        path = local_path(path)
+        return path.exists() or path.is_symlink()
+    fs, inner = filesystem(path)
+    with explained(path):
+        if fs.exists(inner):
+            return True
+        bucket = inner.strip("/").split("/", 1)[0]
+        if inner.strip("/") != bucket and not fs.exists(bucket):
+            raise FileNotFoundError(f"bucket {bucket!r} of {public_url(path)!r} does not exist "
+                                    f"(or these credentials cannot see it)")
+        return False
+
+
+@contextmanager
+def explained(url):
+    """Turn what the storage client raises into one line that says what is wrong and where to fix it.
+
+    The clients of object stores raise their own exceptions with protocol
+    detail ("Forbidden", an aiohttp connector error); users need to know
+    whether the credentials, the endpoint or the name is wrong.
+    """
+    where = public_url(url)
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError):
+        raise
+    except PermissionError as e:
+        raise PermissionError(f"access to {where!r} refused by the storage service ({e}); check the credentials "
+                              "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials)") from e
+    except Exception as e:
+        if _is_connection_error(e):
+            raise ConnectionError(f"cannot reach the storage service of {where!r} ({type(e).__name__}: {e}); check "
+                                  "the endpoint (AWS_ENDPOINT_URL) and the network") from e
+        raise
+
+
+def _is_connection_error(error):
+    names = {type(e).__name__ for e in _chain(error)}
+    return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
+                         "ConnectionRefusedError", "ServerDisconnectedError"}) or isinstance(error, ConnectionError)
+
+
+def _chain(error):
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def read_text(path):
+    """The text of a small file at a path or URL, or ``None`` when there is none."""
+    try:
+        if not is_url(path):
+            return local_path(path).read_text()
+        fs, inner = filesystem(path)
+        return fs.cat_file(inner).decode()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError):
+        return None
+
+
+def disk_usage(path):
+    """Bytes stored under ``path`` (a folder or a prefix)."""
+    if not is_url(path):
+        return sum(f.stat().st_size for f in local_path(path).rglob("*") if f.is_file())
+    fs, inner = filesystem(path)
+    return int(fs.du(inner))
+
+
+def upload(folder, url):
+    """Copy the files of a local ``folder`` under ``url``."""
+    fs, inner = filesystem(url)
+    for file in sorted(p for p in local_path(folder).rglob("*") if p.is_file()):
+        fs.put_file(str(file), f"{inner.rstrip('/')}/{file.relative_to(folder).as_posix()}")
+
+
+def remove(url):
+    """Remove everything under ``url`` (nothing there is fine)."""
+    fs, inner = filesystem(url)
+    try:
+        fs.rm(inner, recursive=True)
+    except FileNotFoundError:
+        pass
+    fs.invalidate_cache()
+
+
+def temporary_url(url, tag="tmp"):
+    """A hidden, unique prefix beside ``url`` (``.NAME.tmp-<hex>``) to build an output in."""
+    parent, _, name = str(url).rstrip("/").rpartition("/")
+    return f"{parent}/.{name}.{tag}-{uuid.uuid4().hex[:12]}"
+
+
+def publish_url(src, dst, *, replace=False):
+    """Copy the complete output at ``src`` to ``dst`` on the server, markers last, then remove ``src``.
+
+    Parameters
+    ----------
+    replace : bool
+        ``dst`` holds an older output (checked by the caller) that is
+        removed only now, once ``src`` is complete.
+
+    Raises
+    ------
+    FileExistsError
+        ``dst`` appeared while ``src`` was being made and ``replace`` is false.
+    """
+    fs, src_path = filesystem(src)
+    dst_path = filesystem(dst)[1]
+    fs.invalidate_cache()
+    if fs.exists(dst_path):
+        if not replace:
+            raise FileExistsError(f"output {public_url(dst)!r} appeared while writing; nothing was replaced")
+        fs.rm(dst_path, recursive=True)
+    files = sorted(fs.find(src_path))
+    # Markers last, the root's very last: until it lands, dst is not a store or a run at all.
+    files.sort(key=lambda f: (f.rsplit("/", 1)[-1] in _MARKERS, -f.count("/")))
+    for name in files:
+        fs.copy(name, dst_path + name[len(src_path.rstrip("/")):])
+    fs.rm(src_path, recursive=True)
+    fs.invalidate_cache()
