@@ -114,8 +114,9 @@ def plot_members(nearest, random, image_shape, path_stem, *, titles, per_page=ME
     axes per thumbnail: 40 x 16 axes take seconds to draw). The page is as
     wide as the members it shows (clusters of a few members give a narrow
     page, not a wide blank one); more than ``MEMBERS_PER_LINE`` members a
-    side (half as many up to 5 clusters) wrap onto further lines, with fewer
-    clusters a page, so that a page stays within about 2,600 x 1,100 pixels.
+    side (half as many up to 5 clusters) wrap onto further lines, and a page
+    holds ``per_page`` lines, so that it stays within about 2,600 x 1,100
+    pixels whatever the number of members.
 
     Parameters
     ----------
@@ -138,36 +139,38 @@ def plot_members(nearest, random, image_shape, path_stem, *, titles, per_page=ME
     shown = np.maximum(nearest.counts, random.counts)  # members a side, per cluster (fewer than m when it is small)
     # Up to 5 clusters, half as many a line: two clusters of 20 + 20 made a 2,558 x 163 strip, now 1,300 x 270.
     per_line = MEMBERS_PER_LINE if k > 5 else max(1, MEMBERS_PER_LINE // 2)
-    # Lines a cluster takes: the same for every cluster, so that the pages split the clusters evenly.
-    lines = max(1, math.ceil(int(shown.max(initial=0)) / per_line))
-    clusters_per_page = max(1, per_page // lines)
-    pages = math.ceil(k / clusters_per_page)
+    lines = np.maximum(1, -(-shown // per_line))  # each cluster as many as its members need (an empty one: 1)
+    pages = [[]]
+    for j in range(k):
+        if pages[-1] and lines[pages[-1]].sum() + lines[j] > per_page:
+            pages.append([])
+        pages[-1].append(j)
     paths = []
-    for page in range(pages):
-        clusters = list(range(page * clusters_per_page, min(k, (page + 1) * clusters_per_page)))
-        name = f"{path_stem.name}.png" if pages == 1 else f"{path_stem.name}-{page + 1:02d}.png"
+    for number, clusters in enumerate(pages, 1):
+        name = f"{path_stem.name}.png" if len(pages) == 1 else f"{path_stem.name}-{number:02d}.png"
         paths.append(_members_page(nearest, random, image_shape, clusters, [titles[j] for j in clusters],
-                                   int(shown[clusters].max()), per_line, path_stem.with_name(name)))
+                                   shown[clusters], per_line, path_stem.with_name(name)))
     return paths
 
 
-def _members_page(nearest, random, image_shape, clusters, titles, n, per_line, path):
+def _members_page(nearest, random, image_shape, clusters, titles, shown, per_line, path):
     colour = len(image_shape) == 3
     h, w = image_shape[:2]
     gap = max(2, round(2 / _tile_scale(image_shape)))  # ~4 screen pixels between thumbnails
+    n = int(shown.max())
     cols = max(1, min(n, per_line))
-    lines = max(1, math.ceil(n / cols))
+    lines = np.maximum(1, -(-shown // cols))
     # Clusters of several lines are set apart by a wider gap than the lines within one.
-    block = lines * (h + gap) - gap
-    between = gap if lines == 1 else max(gap, h // 2)
+    between = gap if lines.max() == 1 else max(gap, h // 2)
+    tops = np.concatenate([[0], np.cumsum(lines * (h + gap) - gap + between)])  # each cluster's first line
     side = cols * (w + gap)  # one side's width, with the gap after it
     # Empty slots and the gaps are paper: white, which is 0 ink for grey digits drawn dark on light.
     paper = 255 if colour else 0
-    image = np.full((len(clusters) * (block + between) - between, 2 * side + w, *image_shape[2:]), paper, np.uint8)
+    image = np.full((tops[-1] - between, 2 * side + w, *image_shape[2:]), paper, np.uint8)
     for r, j in enumerate(clusters):
         for s, source in enumerate((nearest, random)):
             for slot in np.flatnonzero(source.index[j] >= 0):
-                y = r * (block + between) + (slot // cols) * (h + gap)
+                y = tops[r] + (slot // cols) * (h + gap)
                 x = s * (side + w) + (slot % cols) * (w + gap)
                 image[y: y + h, x: x + w] = (np.clip(np.rint(source.rows[j, slot].astype(np.float64)), 0, 255)
                                              .reshape(image_shape))
@@ -184,7 +187,7 @@ def _members_page(nearest, random, image_shape, clusters, titles, n, per_line, p
         ax.imshow(image, interpolation=interpolation, aspect="equal")
     else:
         ax.imshow(image, cmap="gray_r", vmin=0, vmax=255, interpolation=interpolation, aspect="equal")
-    centres = [r * (block + between) + block / 2 for r in range(len(clusters))]
+    centres = [tops[r] + (lines[r] * (h + gap) - gap) / 2 for r in range(len(clusters))]
     ax.set_yticks(centres, titles, fontsize=fontsize)
     if n:  # (a page of empty clusters has no thumbnails to head, and is too narrow for the headers)
         ax.set_xticks([(side - gap) / 2, side + w + (side - gap) / 2],
