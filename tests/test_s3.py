@@ -1,0 +1,187 @@
+"""Stores and runs on object storage, against a real S3-compatible server (moto's) on 127.0.0.1.
+
+The server checks credentials (see ``services.s3_server``); every command is
+the real ``distkm`` in a subprocess, configured only through the standard AWS
+environment variables, as a user's would be.
+"""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+from distributed import Client, LocalCluster
+
+from distkm import KMeans
+from distkm.io.stores import open_store
+
+from .conftest import random_rows
+from .services import free_port, s3_server
+
+pytest.importorskip("s3fs", reason="S3 tests need s3fs and moto (pip install -e '.[test]')")
+pytest.importorskip("moto", reason="S3 tests need s3fs and moto (pip install -e '.[test]')")
+
+pytestmark = pytest.mark.s3
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """The server, with its AWS variables set in this process (for the API and the workers it starts)."""
+    with s3_server(tmp_path_factory.mktemp("s3")) as server, pytest.MonkeyPatch.context() as patch:
+        for name, value in server.environ().items():
+            patch.setenv(name, value)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def s3_client(s3):
+    """Two worker processes that read S3 with the same variables (their environment is inherited)."""
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
+
+
+def distkm(*args, env=None, timeout=300):
+    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "distkm"), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def objects(s3, prefix=""):
+    listing = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+@pytest.fixture(scope="module")
+def s3_mnist(s3):
+    """`distkm ingest mnist` straight into the bucket."""
+    url = f"s3://{s3.bucket}/mnist.zarr"
+    result = distkm("ingest", "mnist", "--out", url, "--quiet")
+    assert result.returncode == 0, result.stderr
+    return url
+
+
+def test_ingest_to_s3_reads_back_the_arrays_of_disk(s3, s3_mnist, mnist_store):
+    remote, local = open_store(s3_mnist), open_store(mnist_store)
+    assert remote.attrs["splits"] == local.attrs["splits"] == {"train": [0, 60000], "test": [60000, 70000]}
+    np.testing.assert_array_equal(remote.images.compute(), local.images.compute())
+    np.testing.assert_array_equal(remote.labels.compute(), local.labels.compute())
+    # Built under a hidden prefix and copied into place: nothing of it is left beside the store.
+    assert not [key for key in objects(s3) if key.startswith(".")]
+
+
+def test_fit_from_s3_is_bit_identical_to_the_same_store_on_disk(s3, s3_mnist, mnist_store, s3_client):
+    x = open_store(mnist_store, split="test").images.compute()
+    init = random_rows(x, 10, seed=3)
+    fits = {}
+    for name, where in {"s3": s3_mnist, "disk": str(mnist_store)}.items():
+        store = open_store(where, split="test")
+        fits[name] = KMeans(n_clusters=10, init=init, n_init=1, max_iter=30, tol=0).fit(store.images)
+    assert fits["s3"].n_iter_ == fits["disk"].n_iter_ == 30
+    np.testing.assert_array_equal(fits["s3"].cluster_centers_, fits["disk"].cluster_centers_)
+    np.testing.assert_array_equal(fits["s3"].labels_.compute(), fits["disk"].labels_.compute())
+    assert fits["s3"].inertia_ == fits["disk"].inertia_
+    # The API takes the URL itself too.
+    by_url = KMeans(n_clusters=10, init=random_rows(open_store(s3_mnist).images.compute(), 10, seed=3), n_init=1,
+                    max_iter=3, tol=0).fit(s3_mnist)
+    assert by_url.labels_.shape == (70000,)
+
+
+def test_cli_run_on_s3_then_predict_and_evaluate_it(s3, s3_mnist, tmp_path):
+    run = f"s3://{s3.bucket}/runs/k5"
+    result = distkm("fit", s3_mnist, "--split", "test", "--k", 5, "--seed", 0, "--max-iter", 5, "--out", run,
+                    "--quiet")
+    assert result.returncode == 0, result.stderr
+    names = {key.split("/")[2] for key in objects(s3, "runs/k5/")}
+    assert names == {"model.json", "centroids.zarr", "labels.zarr", "evaluation.json", "report.md", "pictures"}
+    meta = json.loads(s3.client().get_object(Bucket=s3.bucket, Key="runs/k5/model.json")["Body"].read())
+    assert meta["data"]["path"] == s3_mnist and meta["n_clusters"] == 5
+    labels = zarr.open_array(f"s3://{s3.bucket}/runs/k5/labels.zarr", mode="r")[:]
+    result = distkm("predict", run, s3_mnist, "--split", "test", "--out", f"s3://{s3.bucket}/pred.zarr", "--quiet")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(zarr.open_array(f"s3://{s3.bucket}/pred.zarr", mode="r")[:], labels)
+    result = distkm("evaluate", run, "--quiet", "--no-pictures")
+    assert result.returncode == 0, result.stderr
+    evaluation = json.loads(s3.client().get_object(Bucket=s3.bucket, Key="runs/k5/evaluation.json")["Body"].read())
+    assert evaluation["splits"]["test"]["rows"] == 10000
+    # Credentials are never written: not in any object of the run, nor in what the commands printed.
+    for key in objects(s3, "runs/k5/"):
+        body = s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()
+        assert s3.secret.encode() not in body and s3.key.encode() not in body, key
+    assert s3.secret not in result.stdout + result.stderr
+    # An output never replaces its input, on object storage too.
+    refused = distkm("fit", s3_mnist, "--k", 2, "--out", s3_mnist, "--overwrite", "--quiet")
+    assert refused.returncode == 1 and "is the input" in refused.stderr
+
+
+def test_augment_to_s3_matches_augment_on_disk(s3, s3_mnist, mnist_store, tmp_path):
+    args = ["--split", "test", "--n", 3000, "--seed", 5, "--chunk-rows", 1000, "--quiet"]
+    remote, local = f"s3://{s3.bucket}/aug.zarr", tmp_path / "aug.zarr"
+    assert distkm("augment", s3_mnist, "--out", remote, *args).returncode == 0
+    assert distkm("augment", mnist_store, "--out", local, *args).returncode == 0
+    a, b = open_store(remote), open_store(local)
+    np.testing.assert_array_equal(a.images.compute(), b.images.compute())
+    np.testing.assert_array_equal(a.labels.compute(), b.labels.compute())
+    assert a.attrs["splits"] == b.attrs["splits"]
+
+
+def test_interrupted_augment_to_s3_resumes(s3, s3_mnist):
+    """An augment killed midway keeps its chunks in OUT.partial; the same command finishes them, same bytes."""
+    out, whole = f"s3://{s3.bucket}/aug-resumed.zarr", f"s3://{s3.bucket}/aug-whole.zarr"
+    args = ["augment", s3_mnist, "--split", "test", "--n", 40000, "--seed", 2, "--chunk-rows", 1000, "--quiet",
+            "--n-workers", 1]
+    first = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "distkm"), *map(str, args), "--out", out],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(objects(s3, "aug-resumed.zarr.partial/images/c/")) < 3 and first.poll() is None:
+        assert time.monotonic() < deadline, "no chunk written in 120 s"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)  # the command and its workers, mid-generation
+    first.wait()
+    written = len(objects(s3, "aug-resumed.zarr.partial/images/c/"))
+    assert 3 <= written < 50 and not objects(s3, "aug-resumed.zarr/")
+    second = distkm(*args[:-3], "--out", out)
+    assert second.returncode == 0, second.stderr
+    assert "resumed with" in second.stdout
+    assert distkm(*args, "--out", whole).returncode == 0
+    np.testing.assert_array_equal(open_store(out).images.compute(), open_store(whole).images.compute())
+    assert not objects(s3, "aug-resumed.zarr.partial/")
+
+
+@pytest.mark.parametrize("case", ["missing bucket", "missing object", "wrong credentials", "unreachable endpoint"])
+def test_storage_failures_are_one_clear_line(s3, s3_mnist, tmp_path, case):
+    url, env = s3_mnist, {}
+    if case == "missing bucket":
+        url, expected = "s3://no-such-bucket/mnist.zarr", "bucket 'no-such-bucket'"
+    elif case == "missing object":
+        url, expected = f"s3://{s3.bucket}/nothing.zarr", "no zarr store at"
+    elif case == "wrong credentials":
+        env, expected = {"AWS_SECRET_ACCESS_KEY": "not-the-secret"}, "refused by the storage service"
+    else:
+        env, expected = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}"}, "cannot reach the storage service"
+    out = tmp_path / "run"
+    result = distkm("fit", url, "--k", 3, "--out", out, env=env, timeout=120)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("distkm: error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+    if case == "wrong credentials":
+        assert "not-the-secret" not in result.stderr
+
+
+def test_input_checksums_unchanged(s3, s3_mnist, tmp_path):
+    """Nothing above wrote into the input store (every object's checksum before and after a fit)."""
+    def digest():
+        keys = objects(s3, "mnist.zarr/")
+        return {k: hashlib.md5(s3.client().get_object(Bucket=s3.bucket, Key=k)["Body"].read()).hexdigest()
+                for k in keys}
+    before = digest()
+    result = distkm("fit", s3_mnist, "--split", "test", "--k", 3, "--max-iter", 2, "--out", tmp_path / "run",
+                    "--quiet", "--no-evaluate")
+    assert result.returncode == 0, result.stderr
+    assert digest() == before
