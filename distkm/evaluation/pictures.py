@@ -323,7 +323,7 @@ def plot_sweep(rows, path):
     """
     ks = [r["k"] for r in rows]
     marker = "o" if len(ks) <= 30 else None
-    fig = Figure(figsize=(9, 3.6))
+    fig = Figure(figsize=(10, 3.6))  # (an inch wider than the convergence: room for 8, 10 and 16 on the k axis)
     ax1, ax2 = fig.subplots(1, 2, sharex=True)  # (the scores' panel spans the same ks, drawn or not)
     ax1.plot(ks, [r["inertia"] for r in rows], marker=marker)
     ax1.set_ylabel("inertia (training rows)", fontsize=10)
@@ -362,10 +362,10 @@ def _uncrowded(ax, ks, fontsize):
     lo, hi = (math.log(v) for v in ax.get_xlim())
     width = ax.get_window_extent().width  # pixels, at the figure's dpi (that of the PNG)
     x = [(math.log(k) - lo) / ((hi - lo) or 1) * width for k in ks]
-    char = fontsize * 0.62 / 72 * DPI  # a digit's width, pixels
+    char = fontsize * 0.64 / 72 * DPI  # a digit's width, pixels (DejaVu Sans: 0.64 em)
 
     def apart(i, j):
-        return abs(x[j] - x[i]) >= (len(str(ks[i])) + len(str(ks[j]))) / 2 * char + 6
+        return abs(x[j] - x[i]) >= (len(str(ks[i])) + len(str(ks[j]))) / 2 * char + 4
 
     kept = [0]
     for i in range(1, len(ks)):
