@@ -209,6 +209,8 @@ def test_kubernetes_config_renders_the_operator_manifest():
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["MALLOC_TRIM_THRESHOLD_"] == "16777216"
+    for role in ("scheduler", "worker"):  # the object store's credentials come from a Secret, not from the file
+        assert spec["spec"][role]["spec"]["containers"][0]["envFrom"] == [{"secretRef": {"name": "distkm-s3"}}]
     assert yaml.safe_load(yaml.safe_dump(spec)) == spec  # renders as YAML for kubectl
 
 

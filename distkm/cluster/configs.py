@@ -50,6 +50,7 @@ FIELDS = {
               "worker-saturation": (False, (int, float, str))},
     "kubernetes": {"name": (True, str), "image": (False, str), "n-workers": (False, int),
                    "namespace": (False, str), "resources": (False, dict), "worker-environ": (False, dict),
+                   "env-from-secret": (False, str), "service-account": (False, str),
                    "wait-timeout": (False, (str, int, float))},
 }
 EXAMPLES = {
@@ -197,5 +198,16 @@ def kubernetes_cluster_spec(section):
     from dask_kubernetes.operator import make_cluster_spec
 
     env = {k: str(v) for k, v in _environ(section).items()}
-    return make_cluster_spec(name=section["name"], image=section.get("image", "ghcr.io/dask/dask:latest"),
+    spec = make_cluster_spec(name=section["name"], image=section.get("image", "ghcr.io/dask/dask:latest"),
                              n_workers=section.get("n-workers", 2), resources=section.get("resources"), env=env)
+    # Credentials of the object store reach the pods from Kubernetes, never from distkm's files: the keys of
+    # a Secret as environment variables (AWS_ACCESS_KEY_ID...), or a service account that the cloud maps to
+    # a role (EKS IRSA, GKE workload identity).
+    for role in ("scheduler", "worker"):
+        pod = spec["spec"][role]["spec"]
+        if "service-account" in section:
+            pod["serviceAccountName"] = section["service-account"]
+        if "env-from-secret" in section:
+            for container in pod["containers"]:
+                container.setdefault("envFrom", []).append({"secretRef": {"name": section["env-from-secret"]}})
+    return spec
