@@ -122,7 +122,7 @@ _S3_SETUP_REQUESTS = 10
 
 
 @contextmanager
-def s3_server(log_dir, *, host="127.0.0.1", port=None, netns=None, bucket="distkm-test"):
+def s3_server(log_dir, *, host="127.0.0.1", port=None, netns=None, bucket="distkm-test", client_netns=None):
     """moto's S3 server in a process of its own, checking credentials; stopped afterwards.
 
     moto serves its first ``INITIAL_NO_AUTH_ACTION_COUNT`` requests without
@@ -134,6 +134,11 @@ def s3_server(log_dir, *, host="127.0.0.1", port=None, netns=None, bucket="distk
     ----------
     netns : str, optional
         Run the server inside this network namespace (``ip netns exec``).
+    client_netns : str, optional
+        Make the setup requests (readiness probe, IAM user and keys, bucket) from a process in
+        this network namespace (``ip netns exec``), for a server this process cannot reach
+        (one in another namespace). The yielded server's :meth:`S3Server.client` then cannot
+        reach it from here either: use it from that namespace.
 
     Yields
     ------
@@ -151,6 +156,9 @@ def s3_server(log_dir, *, host="127.0.0.1", port=None, netns=None, bucket="distk
     proc = subprocess.Popen(command, stdout=open(Path(log_dir) / "s3.log", "w"), stderr=subprocess.STDOUT, env=env)
     try:
         endpoint = f"http://{host}:{port}"
+        if client_netns:
+            yield _s3_setup_in_netns(client_netns, endpoint, bucket, proc)
+            return
         _wait_for_endpoint(endpoint, proc)
         anonymous = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
                          aws_secret_access_key="setup")
@@ -169,6 +177,60 @@ def s3_server(log_dir, *, host="127.0.0.1", port=None, netns=None, bucket="distk
         yield server
     finally:
         _stop([proc])
+
+
+def _s3_setup(endpoint, bucket):
+    """What :func:`s3_server` does once its server runs, on its own: wait for it, make the user,
+    its keys and the bucket, use up the unchecked requests. Returns ``(key, secret)``."""
+    import json
+
+    import boto3
+
+    class _Running:  # _wait_for_endpoint asks the process whether it still runs: it is not ours here
+        returncode = None
+
+        def poll(self):
+            return None
+
+    _wait_for_endpoint(endpoint, _Running())
+    anonymous = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+                     aws_secret_access_key="setup")
+    iam = boto3.client("iam", **anonymous)
+    iam.create_user(UserName="distkm")
+    iam.put_user_policy(UserName="distkm", PolicyName="all", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    keys = iam.create_access_key(UserName="distkm")["AccessKey"]
+    S3Server(endpoint, keys["AccessKeyId"], keys["SecretAccessKey"], bucket).client().create_bucket(Bucket=bucket)
+    for _ in range(_S3_SETUP_REQUESTS):
+        try:
+            boto3.client("iam", **anonymous).list_users()
+        except Exception:
+            break
+    return keys["AccessKeyId"], keys["SecretAccessKey"]
+
+
+def _s3_setup_in_netns(netns, endpoint, bucket, proc, timeout=60.0):
+    """:func:`_s3_setup` in a Python process inside network namespace ``netns``; the :class:`S3Server`."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    script = ("import json, sys; sys.path.insert(0, sys.argv[1]); from tests.services import _s3_setup; "
+              "print(json.dumps(_s3_setup(sys.argv[2], sys.argv[3])))")
+    setup = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", script, str(root), endpoint, bucket],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = setup.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        setup.kill()
+        setup.communicate()
+        raise TimeoutError(f"no S3 server set up at {endpoint} from namespace {netns} after {timeout} s "
+                           f"(server {'exited with %s' % proc.returncode if proc.poll() is not None else 'runs'})")
+    if setup.returncode != 0:
+        raise RuntimeError(f"setting up the S3 server at {endpoint} from namespace {netns} failed "
+                           f"(server {'exited with %s' % proc.returncode if proc.poll() is not None else 'runs'}): "
+                           f"{err.strip()[-2000:]}")
+    key, secret = json.loads(out.strip().splitlines()[-1])
+    return S3Server(endpoint, key, secret, bucket)
 
 
 def _wait_for_endpoint(url, proc, timeout=30.0):
