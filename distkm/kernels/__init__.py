@@ -9,6 +9,8 @@ results in a tree. The modules:
 * :mod:`~distkm.kernels.assign`: centers with ``0.5||c||^2``, nearest center, labels, distances.
 * :mod:`~distkm.kernels.lloyd`: the data summary, a block's partial statistics, exact final
   statistics, farthest points, empty-cluster relocation and the center update.
+* :mod:`~distkm.kernels.pruned`: the same partial statistics, bit for bit, computing only the
+  distances that per-row bounds kept between iterations do not settle (Hamerly; Yinyang).
 * :mod:`~distkm.kernels.kmeans_parallel`: a k-means|| sampling round over a block.
 * :mod:`~distkm.kernels.sampling`: seeded random keys and top rows, for uniform draws.
 * :mod:`~distkm.kernels.evaluation`: contingency tables, members and silhouettes of a block.
@@ -57,4 +59,11 @@ from distkm.kernels.lloyd import (  # noqa: F401
     relocate_empty_clusters,
     summarize_chunk,
     update_centers,
+)
+from distkm.kernels.pruned import (  # noqa: F401
+    Bounds,
+    center_groups,
+    center_shifts,
+    n_groups,
+    pruned_partial_stats,
 )
