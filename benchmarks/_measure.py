@@ -47,10 +47,10 @@ class PeakRSS:
         into[name] = self.peak
 
 
-def run_measured(argv, interval=0.02):
+def run_measured(argv, interval=0.02, env=None):
     """Run ``argv``; return (seconds, peak summed RSS in bytes of it and its descendants, stdout)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     rss = PeakRSS(proc.pid, interval)
     out, _ = proc.communicate()
     seconds = time.perf_counter() - start

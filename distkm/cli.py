@@ -202,8 +202,9 @@ def _print_progress(event, **info):
                   f"{record['inertia']:.6g}, squared center shift {record['center_shift']:.3g}", flush=True)
             return
         relocated = f", empty clusters {record['relocated']} relocated" if record["relocated"] else ""
+        skipped = f", {record['skipped']:.0%} of distances skipped" if record.get("skipped") else ""
         print(f"Iteration {record['iteration']}, inertia {record['inertia']:.6g}, squared center shift "
-              f"{record['center_shift']:.3g} (tol {info['tol']:.3g}){relocated}", flush=True)
+              f"{record['center_shift']:.3g} (tol {info['tol']:.3g}){skipped}{relocated}", flush=True)
     elif event == "end":
         state = "converged" if info["converged"] else "stopped at max_iter"
         print(f"{state} after {info['n_iter']} iterations, inertia {info['inertia']:.6g}", flush=True)
@@ -520,9 +521,11 @@ def _parser():
     fit.add_argument("--split", help="use only this split of the store (train, test)")
     fit.add_argument("--init", default="k-means++",
                      help="k-means++ (on a sample), k-means|| (over all rows), random, a .npy file or a run folder")
-    fit.add_argument("--algorithm", choices=["lloyd", "minibatch"], default="lloyd",
-                     help="lloyd: a pass over all rows per iteration; minibatch: a few chunks per step "
-                          "(--max-iter then counts passes)")
+    fit.add_argument("--algorithm", choices=["auto", "elkan", "lloyd", "minibatch"], default="auto",
+                     help="elkan: Lloyd's iterations computing only the distances that per-row bounds do not "
+                          "settle (the results of lloyd, to the bit); lloyd: every distance of every row each "
+                          "iteration; auto: elkan unless its bounds would not fit the workers' memory; "
+                          "minibatch: a few chunks per step (--max-iter then counts passes)")
     fit.add_argument("--max-iter", type=int, default=300, help="most Lloyd iterations of one initialisation")
     fit.add_argument("--tol", type=float, default=1e-4, help="relative to the mean feature variance")
     fit.add_argument("--n-init", default="auto",

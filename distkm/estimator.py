@@ -98,10 +98,16 @@ default="k-means++"
         (JSON and ``.npy`` files, each written atomically). A fit given a folder that holds a
         checkpoint of the same parameters and data resumes from it and ends
         bit-identical to an uninterrupted fit; one made otherwise is refused.
-    algorithm : {"lloyd", "elkan", "minibatch"}, default="lloyd"
-        "lloyd": every iteration is a pass over all rows, as scikit-learn's
-        ``KMeans``. "elkan" is accepted for scikit-learn's sake and gives
-        exactly the results of "lloyd" (as scikit-learn's Elkan does). "minibatch": each step updates the centers from
+    algorithm : {"auto", "lloyd", "elkan", "minibatch"}, default="auto"
+        "lloyd": every iteration is a pass over all rows that computes the
+        distance of every row to every center, as scikit-learn's ``KMeans``.
+        "elkan": the same iterations with fewer distances: per-row bounds,
+        kept on the workers beside their rows, prove most rows' nearest
+        center without computing it (Hamerly's and Yinyang's bounds, see
+        :mod:`distkm.kernels.pruned`); the results are those of "lloyd" to the
+        bit, as scikit-learn's Elkan gives Lloyd's. "auto" (the default): the
+        faster of the two for the data, "elkan" unless the bounds would not
+        fit the workers' memory. "minibatch": each step updates the centers from
         ``batch_chunks`` random row chunks, as scikit-learn's
         ``MiniBatchKMeans`` does from random rows (see :mod:`distkm.engine.minibatch`);
         ``max_iter`` then counts passes over the data, and the run stops early
@@ -189,14 +195,14 @@ default="k-means++"
         "init_sample_size": [None, Interval(Integral, 1, None, closed="left")],
         "checkpoint": [None, str, os.PathLike],
         "cache": [StrOptions({"auto"}), "boolean"],
-        "algorithm": [StrOptions({"lloyd", "elkan", "minibatch"})],
+        "algorithm": [StrOptions({"auto", "lloyd", "elkan", "minibatch"})],
         "batch_chunks": [None, Interval(Integral, 1, None, closed="left")],
         "copy_x": ["boolean"],
     }
 
     def __init__(self, n_clusters=8, *, init="k-means++", n_init="auto", max_iter=300, tol=1e-4, verbose=0,
                  random_state=None, dtype=None, split_every=None, init_sample_size=None, checkpoint=None,
-                 cache="auto", algorithm="lloyd", batch_chunks=None, copy_x=True):
+                 cache="auto", algorithm="auto", batch_chunks=None, copy_x=True):
         self.n_clusters = n_clusters
         self.init = init
         self.n_init = n_init
@@ -281,6 +287,7 @@ default="k-means++"
             logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))
         tol = lloyd.tolerance(summary, self.tol)
 
+        pruning = self.algorithm in ("auto", "elkan") and lloyd.bounds_fit(x, self.n_clusters, cached)
         checkpoint = fingerprint = resumed = None
         if self.checkpoint is not None:
             checkpoint = Checkpoint(self.checkpoint)
@@ -321,7 +328,7 @@ default="k-means++"
                 result = lloyd.lloyd(x, centers, summary=summary, max_iter=self.max_iter, tol=tol, dtype=dtype,
                                      weights=weights, split_every=split_every, block_rows=block_rows,
                                      callback=on_record, history=history, converged=done, on_iteration=on_iteration,
-                                     cached=cached)
+                                     cached=cached, pruning=pruning)
             # With one run, its final pass is the last: it does what ``final`` asks too.
             last = lloyd.final_pass(x, result.centers, dtype, weights=weights, split_every=split_every,
                                     block_rows=block_rows, cached=cached, **(final if n_init == 1 and final else {}))

@@ -40,7 +40,7 @@ def test_fit_writes_a_complete_run_folder(fitted_run, mnist_test_store):
                                                      "model.json", "pictures", "report.md"]
     meta = json.loads((out / "model.json").read_text())
     assert meta["params"] == {"n_clusters": 10, "init": "k-means++", "n_init": "auto", "max_iter": 12,
-                              "tol": 1e-4, "random_state": 0, "dtype": None, "algorithm": "lloyd"}
+                              "tol": 1e-4, "random_state": 0, "dtype": None, "algorithm": "auto"}
     assert meta["dtype"] == "float32"  # dtype=None: uint8 pixels are computed in float32
     assert meta["data"]["path"] == str(mnist_test_store.resolve()) and meta["data"]["n_samples"] == 10000
     assert meta["n_iter"] == len(meta["history"]) <= 12

@@ -81,7 +81,9 @@ def test_empty_cluster_is_relocated_as_sklearn_does(client):
             with get_task_stream(client) as stream:
                 ours = KMeans(3, init=init, max_iter=max_iter, tol=0, dtype="float64").fit(x)
             if rows == 600 and max_iter == 1:  # the batch's pass is the one the client relocates from, not redone
-                assert sum(key_split(t["key"]) == "distkm-partial-stats" for t in stream.data) == 1
+                chunk_tasks = [t for t in stream.data if key_split(t["key"]) == "distkm-partial-stats"
+                               and str(t["key"]).startswith("(")]  # (a pruned pass adds a result task)
+                assert len(chunk_tasks) == 1
             ref = SKMeans(3, init=init, n_init=1, max_iter=max_iter, tol=0, algorithm="lloyd").fit(X)
             np.testing.assert_allclose(ours.cluster_centers_, ref.cluster_centers_, rtol=0, atol=1e-9)
             assert np.isfinite(ours.cluster_centers_).all()
@@ -186,7 +188,8 @@ def test_iterations_batched_in_one_task_give_the_bits_of_one_task_each(client, t
         with dask.config.set({"distkm.iteration-batch-seconds": seconds}), get_task_stream(client) as stream:
             fits[seconds] = KMeans(10, init=init, max_iter=12, tol=0, dtype=dtype, cache=cache).fit(
                 data, sample_weight=weights)
-        tasks[seconds] = sum(1 for t in stream.data if key_split(t["key"]) == "distkm-partial-stats")
+        tasks[seconds] = sum(1 for t in stream.data if key_split(t["key"]) == "distkm-partial-stats"
+                             and str(t["key"]).startswith("("))  # chunk tasks (a pruned pass adds a result task)
     assert tasks == {0: 12, 1e-9: 12, 60: 1}
     for seconds in (1e-9, 60):
         assert fits[seconds].cluster_centers_.tobytes() == fits[0].cluster_centers_.tobytes()

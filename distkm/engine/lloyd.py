@@ -17,18 +17,22 @@ convergence" stops at the same iteration.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
 
 import dask
 import dask.array as da
+from dask.utils import format_bytes
 import numpy as np
 import zarr
 
 from distkm import config, kernels
-from distkm.engine.passes import compute, map_reduce, row_offsets
+from distkm.kernels import pruned
+from distkm.engine.passes import compute, map_reduce, map_reduce_with_state, row_offsets
 from distkm.io.stores import zarr_location
 from distkm.kernels.assign import prepare_centers
 
@@ -49,7 +53,10 @@ class LloydResult:
     history : list of dict
         Per iteration: ``iteration``, ``inertia`` (of the assignment to the
         centers the iteration started from), ``center_shift`` (squared, as
-        compared with ``tol``), ``relocated`` (clusters that were empty) and ``seconds``.
+        compared with ``tol``), ``relocated`` (clusters that were empty),
+        ``distances`` (row-center distances computed: ``n * k`` but where
+        pruning skipped some), ``skipped`` (the share of the ``n * k`` not
+        computed) and ``seconds``.
     """
 
     centers: np.ndarray
@@ -66,7 +73,7 @@ def summarize(x, weights=None, *, split_every, cached=None):
     return compute(job, label="data summary pass")[0]
 
 
-def _over(x, weights, chunk, combine, cached, *, row_offset=None, per_row=None):
+def _over(x, weights, chunk, combine, cached, *, row_offset=None, per_row=None, stateful=False):
     """What a pass maps over: the chunks of ``x``, or, when ``cached``, its blocks in memory.
 
     A cached block is one task that applies ``chunk`` to its row chunks one
@@ -82,6 +89,10 @@ def _over(x, weights, chunk, combine, cached, *, row_offset=None, per_row=None):
     per_row : dask.array.Array, optional
         A per-row array chunked like ``x`` to pass in the weights' place (the
         true classes of the final pass); cached, it is cut in the blocks' rows.
+    stateful : bool
+        ``chunk(X, state, ...)`` returns ``(state, partial)`` (a pass of
+        :func:`distkm.engine.passes.map_reduce_with_state`); a cached block's
+        state is the tuple of its chunks' states.
 
     Returns
     -------
@@ -93,27 +104,96 @@ def _over(x, weights, chunk, combine, cached, *, row_offset=None, per_row=None):
         per_chunk = None if offsets is None else (lambda i: {"row_offset": int(offsets[i])})
         return x, weights if per_row is None else per_row, chunk, per_chunk
     first_chunks = np.cumsum([0] + [len(rows) for rows in cached.chunk_rows])
+    threads = _threads_per_block(len(cached.chunk_rows))
 
     def per_chunk(i):
         extra = {} if offsets is None else {"row_offset": int(offsets[first_chunks[i]])}
-        return {"chunk_rows": cached.chunk_rows[i], **extra}
+        return {"chunk_rows": cached.chunk_rows[i], "threads": threads, **extra}
 
     if per_row is not None:
         per_row = per_row.rechunk((tuple(sum(rows) for rows in cached.chunk_rows),))
+    by_chunk = _states_chunk_by_chunk if stateful else _chunk_by_chunk
     return (cached.blocks, cached.weights if per_row is None else per_row,
-            partial(_chunk_by_chunk, chunk=chunk, combine=combine), per_chunk)
+            partial(by_chunk, chunk=chunk, combine=combine), per_chunk)
 
 
-def _chunk_by_chunk(X, *args, chunk, combine, chunk_rows, row_offset=None):
+def _chunk_by_chunk(X, *args, chunk, combine, chunk_rows, row_offset=None, threads=1):
     """``chunk`` over the row chunks of a cached block (``args``: the constants, then the weights), merged in order."""
     *constants, weights = args
-    parts, start = [], 0
-    for rows in chunk_rows:
-        part = slice(start, start + rows)
-        where = {} if row_offset is None else {"row_offset": row_offset + start}
-        parts.append(chunk(X[part], *constants, None if weights is None else weights[part], **where))
-        start += rows
+    starts = np.cumsum([0, *chunk_rows[:-1]])
+
+    def one(i):
+        part = slice(starts[i], starts[i] + chunk_rows[i])
+        where = {} if row_offset is None else {"row_offset": row_offset + int(starts[i])}
+        return chunk(X[part], *constants, None if weights is None else weights[part], **where)
+
+    parts = _in_order(one, len(chunk_rows), threads)
     return parts[0] if len(parts) == 1 else combine(*parts)
+
+
+def _threads_per_block(n_blocks):
+    """Threads a cached block's task may use: the cluster's threads shared among the pass's blocks."""
+    from distkm.engine.passes import active_client
+
+    client = active_client()
+    if client is None:
+        return 1
+    total = sum(w.get("nthreads", 1) for w in client.scheduler_info(n_workers=-1)["workers"].values())
+    return max(1, -(-total // n_blocks))
+
+
+def _states_chunk_by_chunk(X, states, *args, chunk, combine, chunk_rows, threads=1):
+    """:func:`_chunk_by_chunk` for a pass whose chunks carry states: one state per row chunk of the block."""
+    *constants, weights = args
+    starts = np.cumsum([0, *chunk_rows[:-1]])
+
+    def one(i):
+        part = slice(starts[i], starts[i] + chunk_rows[i])
+        return chunk(X[part], None if states is None else states[i], *constants,
+                     None if weights is None else weights[part])
+
+    new_states, parts = zip(*_in_order(one, len(chunk_rows), threads))
+    return tuple(new_states), parts[0] if len(parts) == 1 else combine(*parts)
+
+
+def _in_order(one, n, threads):
+    """``[one(i) for i in range(n)]``, on up to ``threads`` threads of this process (the kernels release the GIL).
+
+    A pass of fewer blocks than the cluster has threads (MNIST's 6 chunks
+    cached in one block) would otherwise leave all but one core idle while
+    k=256's products dominate. The results are combined in chunk order
+    whatever thread computed them, so the sums are those of one thread.
+    """
+    threads = min(threads, n, os.cpu_count() or 1)
+    if threads <= 1:
+        return [one(i) for i in range(n)]
+    with ThreadPoolExecutor(threads, thread_name_prefix="distkm-block") as pool:
+        return list(pool.map(one, range(n)))
+
+
+def bounds_fit(x, n_clusters, cached=None):
+    """Whether the pruning bounds of every row of ``x`` fit the workers' memory beside the rows they hold.
+
+    The bounds take ``FIXED_ROW_BYTES + 4 G`` bytes a row (at most a quarter
+    of a uint8 row, see :func:`~distkm.kernels.n_groups`). They may take the
+    share of the workers' memory that cached rows may (``distkm.cache-fraction``),
+    less what the cache holds; otherwise the fit runs plain Lloyd passes and says so.
+    """
+    from distkm.engine.cache import cluster_memory
+    from distkm.engine.passes import active_client
+
+    client = active_client()
+    memory = 0 if client is None else cluster_memory(client)
+    if not memory:  # threads in this process, or workers without a limit: the machine's memory is the limit
+        return True
+    groups = pruned.n_groups(n_clusters, x.shape[1], x.dtype.itemsize)
+    need = x.shape[0] * (pruned.FIXED_ROW_BYTES + 4 * groups)
+    held = 0 if cached is None else cached.blocks.nbytes
+    if need + held <= config.cache_fraction() * memory:
+        return True
+    logger.info("pruning bounds (%s) do not fit the workers' memory (%s, %s of it cached rows): plain Lloyd "
+                "passes, every distance computed", format_bytes(need), format_bytes(memory), format_bytes(held))
+    return False
 
 
 def tolerance(summary, tol):
@@ -124,7 +204,7 @@ def tolerance(summary, tol):
 
 
 def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_every, block_rows,
-          callback=None, history=None, converged=False, on_iteration=None, cached=None):
+          callback=None, history=None, converged=False, on_iteration=None, cached=None, pruning=False):
     """Run Lloyd iterations from ``centers`` until the tolerance or ``max_iter``.
 
     Parameters
@@ -158,6 +238,10 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     cached : distkm.engine.cache.CachedRows, optional
         ``x`` and ``weights`` held in memory in blocks of ``split_every``
         chunks: the iterations then run one task per block (same results to the bit, see :func:`_over`).
+    pruning : bool
+        Compute only the distances that per-row bounds, kept on the workers
+        between passes, do not settle (:mod:`distkm.kernels.pruned`): the
+        same assignments, hence the same results to the bit, with fewer FLOPs.
 
     Returns
     -------
@@ -173,31 +257,34 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
     after each batch.
     """
     centers = np.array(centers, dtype=np.float64)
-    data, data_weights, chunk, per_chunk = _over(x, weights, partial(kernels.partial_stats, block_rows=block_rows),
-                                                 kernels.merge_partial_stats, cached)
     history = list(history or [])
     if converged or len(history) >= max_iter:
         return LloydResult(centers, len(history), converged, history)
-    batch_seconds = config.get("iteration-batch-seconds", 0.0) if data.numblocks[0] == 1 else 0.0
+    common = dict(block_rows=block_rows, split_every=split_every)
+    if pruning:
+        groups = pruned.center_groups(prepare_centers(centers, dtype)[0],
+                                       pruned.n_groups(centers.shape[0], x.shape[1], x.dtype.itemsize))
+        passes = _PrunedPasses(x, weights, cached, groups=groups, **common)
+    else:
+        passes = _PlainPasses(x, weights, cached, **common)
+    batch_seconds = config.get("iteration-batch-seconds", 0.0) if passes.data.numblocks[0] == 1 else 0.0
     while len(history) < max_iter and not converged:
         started = time.perf_counter()
         records, stats = [], None
         if batch_seconds > 0:  # stats: the pass at `centers` that found an empty cluster, if the batch stopped there
-            batch = partial(_iterations_in_task, pass_stats=chunk, dtype=dtype, tol=tol, seconds=batch_seconds,
-                            weighted_sq_norm=summary.weighted_sq_norm, max_iter=max_iter - len(history))
-            job = map_reduce(data, batch, None, name="partial-stats", constants=(centers,), weights=data_weights,
-                             split_every=split_every, per_chunk=per_chunk)
-            centers, records, stats = compute(job)[0]
+            centers, records, stats = passes.batch(centers, dtype=dtype, tol=tol, seconds=batch_seconds,
+                                                   weighted_sq_norm=summary.weighted_sq_norm,
+                                                   max_iter=max_iter - len(history))
         if batch_seconds == 0 or stats is not None:  # an iteration on the client (relocating empty clusters)
             c, half = prepare_centers(centers, dtype)
             if stats is None:
-                job = map_reduce(data, chunk, kernels.merge_partial_stats, name="partial-stats", constants=(c, half),
-                                 weights=data_weights, split_every=split_every, per_chunk=per_chunk)
-                stats = compute(job)[0]
+                stats = passes.run(c, half)
+            stats, distances = stats
             n_empty = int(np.count_nonzero(stats.weights == 0))
             far = farthest_points(x, c, half, n_empty, weights=weights, split_every=split_every,
                                   block_rows=block_rows) if n_empty else None
             centers, record = lloyd_step(centers, stats, summary.weighted_sq_norm, far)
+            record["distances"] = distances
             if n_empty:
                 logger.info("iteration %d: %d empty cluster(s) %s moved to the farthest points",
                             len(history) + len(records) + 1, n_empty, record["relocated"])
@@ -206,7 +293,8 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
         # What the task did not measure (the round trip; the client's whole iteration) is shared by the records.
         overhead = (time.perf_counter() - started - sum(r["seconds"] for r in records)) / len(records)
         for record in records:
-            record.update(iteration=len(history) + 1, seconds=record["seconds"] + overhead)
+            record.update(iteration=len(history) + 1, seconds=record["seconds"] + overhead,
+                          skipped=1.0 - record["distances"] / (x.shape[0] * centers.shape[0]))
             history.append(record)
         converged = has_converged(history[-1], tol)
         if on_iteration is not None:
@@ -215,6 +303,92 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
             for record in records:
                 callback(record)
     return LloydResult(centers, len(history), converged, history)
+
+
+class _PlainPasses:
+    """Lloyd passes that compute every distance: ``run`` one pass, or a ``batch`` of iterations in one task."""
+
+    def __init__(self, x, weights, cached, *, block_rows, split_every):
+        self.data, self.weights, self.chunk, self.per_chunk = _over(
+            x, weights, partial(_counted_stats, block_rows=block_rows), _merge_counted, cached)
+        self.split_every = split_every
+
+    def run(self, c, half):
+        """``(PartialStats, distances computed)`` of one pass at the prepared centers ``c``."""
+        job = map_reduce(self.data, self.chunk, _merge_counted, name="partial-stats", constants=(c, half),
+                         weights=self.weights, split_every=self.split_every, per_chunk=self.per_chunk)
+        return compute(job)[0]
+
+    def batch(self, centers, **settings):
+        """Iterations in the pass's one task (:func:`_iterations_in_task`): ``(centers, records, stats)``."""
+        batch = partial(_iterations_in_task, pass_stats=self.chunk, **settings)
+        job = map_reduce(self.data, batch, None, name="partial-stats", constants=(centers,), weights=self.weights,
+                         split_every=self.split_every, per_chunk=self.per_chunk)
+        return compute(job)[0]
+
+
+class _PrunedPasses(_PlainPasses):
+    """Lloyd passes whose chunks keep per-row bounds on the workers (:mod:`distkm.kernels.pruned`).
+
+    Each pass persists the chunks' new bounds where they were computed and
+    hands them to the next; the client keeps only the cast centers they refer
+    to (``ref``) and sends how far each center moved since. Bounds only save
+    work: a pass given none computes every distance and rebuilds them, with
+    the same results. So when a worker leaves with the bounds it held (the
+    pass fails on them), the pass runs again without bounds.
+    """
+
+    def __init__(self, x, weights, cached, *, groups, block_rows, split_every):
+        self.data, self.weights, self.chunk, self.per_chunk = _over(
+            x, weights, partial(_pruned_stats, block_rows=block_rows), _merge_counted, cached, stateful=True)
+        self.split_every, self.groups = split_every, groups
+        self.states = self.ref = None
+
+    def run(self, c, half):
+        shifts = np.zeros(c.shape[0]) if self.ref is None else pruned.center_shifts(self.ref, c)
+        result = self._pass(self.chunk, _merge_counted, (c, half, shifts, self.groups))
+        self.ref = c
+        return result
+
+    def batch(self, centers, **settings):
+        batch = partial(_pruned_iterations_in_task, pass_stats=self.chunk, **settings)
+        centers, records, stats, self.ref = self._pass(batch, None, (centers, self.ref, self.groups))
+        return centers, records, stats
+
+    def _pass(self, chunk, combine, constants):
+        for attempt in range(2):
+            states, result = map_reduce_with_state(self.data, chunk, combine, name="partial-stats", state=self.states,
+                                                   constants=constants, weights=self.weights,
+                                                   split_every=self.split_every, per_chunk=self.per_chunk)
+            try:
+                # The states stay on the workers. Unoptimised: fusing would rename the read tasks.
+                *states, result = dask.persist(*states, result, optimize_graph=False)
+                result = compute(result)[0]
+            except Exception as e:
+                if self.states is None or attempt:
+                    raise
+                logger.warning("the pruning bounds were lost (%s: %s; did a worker leave?): this pass computes "
+                               "every distance and rebuilds them", type(e).__name__, e)
+                self.states = None
+                continue
+            self.states = states
+            return result
+
+
+def _counted_stats(X, c, half, weights, *, block_rows):
+    """:func:`~distkm.kernels.partial_stats` with the number of distances it computed (all of them)."""
+    return kernels.partial_stats(X, c, half, weights, block_rows=block_rows), X.shape[0] * c.shape[0]
+
+
+def _pruned_stats(X, bounds, c, half, shifts, groups, weights, *, block_rows):
+    """A chunk's ``(bounds, (PartialStats, distances computed))`` (:func:`~distkm.kernels.pruned_partial_stats`)."""
+    bounds, stats, distances = pruned.pruned_partial_stats(X, bounds, c, half, shifts, groups, weights,
+                                                            block_rows=block_rows)
+    return bounds, (stats, distances)
+
+
+def _merge_counted(*parts):
+    return kernels.merge_partial_stats(*(p[0] for p in parts)), sum(p[1] for p in parts)
 
 
 def lloyd_step(centers, stats, weighted_sq_norm, far=None):
@@ -263,19 +437,52 @@ def _iterations_in_task(X, centers, weights, *, pass_stats, dtype, weighted_sq_n
     centers : ndarray of shape (k, d)
     records : list of dict
         One per iteration run, with its ``seconds`` in the task (``iteration`` is left to the client).
-    empty : PartialStats or None
-        The statistics of ``centers`` when they left a cluster empty (the batch stopped there).
+    empty : tuple or None
+        ``(PartialStats, distances)`` of ``centers`` when they left a cluster empty (the batch stopped there).
     """
+    def one_pass(c, half):
+        return pass_stats(X, c, half, weights, **pass_kwargs)
+
+    return _batch(one_pass, centers, dtype=dtype, weighted_sq_norm=weighted_sq_norm, tol=tol, max_iter=max_iter,
+                  seconds=seconds)
+
+
+def _pruned_iterations_in_task(X, bounds, centers, ref, groups, weights, *, pass_stats, dtype, weighted_sq_norm, tol,
+                               max_iter, seconds, **pass_kwargs):
+    """:func:`_iterations_in_task` with the bounds of pruned passes, carried in and out of the task.
+
+    Returns
+    -------
+    bounds
+        The block's bounds after the last pass (they stay on the worker).
+    result : tuple
+        ``(centers, records, empty, ref)``: as :func:`_iterations_in_task`, and the cast centers the bounds refer to.
+    """
+    state = {"bounds": bounds, "ref": ref}
+
+    def one_pass(c, half):
+        shifts = np.zeros(c.shape[0]) if state["ref"] is None else pruned.center_shifts(state["ref"], c)
+        state["bounds"], result = pass_stats(X, state["bounds"], c, half, shifts, groups, weights, **pass_kwargs)
+        state["ref"] = c
+        return result
+
+    centers, records, empty = _batch(one_pass, centers, dtype=dtype, weighted_sq_norm=weighted_sq_norm, tol=tol,
+                                     max_iter=max_iter, seconds=seconds)
+    return state["bounds"], (centers, records, empty, state["ref"])
+
+
+def _batch(one_pass, centers, *, dtype, weighted_sq_norm, tol, max_iter, seconds):
+    """Iterations of ``one_pass(c, half) -> (PartialStats, distances)`` until converged, empty, or ``seconds``."""
     records = []
     deadline = time.perf_counter() + seconds
     while len(records) < max_iter:
         started = time.perf_counter()
         c, half = prepare_centers(centers, dtype)
-        stats = pass_stats(X, c, half, weights, **pass_kwargs)
+        stats, distances = counted = one_pass(c, half)
         if not stats.weights.all():
-            return centers, records, stats
+            return centers, records, counted
         centers, record = lloyd_step(centers, stats, weighted_sq_norm)
-        record["seconds"] = time.perf_counter() - started
+        record.update(distances=distances, seconds=time.perf_counter() - started)
         records.append(record)
         if has_converged(record, tol) or time.perf_counter() >= deadline:
             break

@@ -212,16 +212,23 @@ def _convergence_section(meta, drawn):
     if "fit_seconds" in timings:
         summary += (f"; fit {timings['fit_seconds']:.1f} s "
                     f"({timings.get('seconds_per_iteration', float('nan')):.3f} s per iteration)")
+    pruned = any(h.get("skipped") for h in history)
+    if pruned:  # the share of the n x k distances that the bounds made unnecessary (the results are Lloyd's)
+        summary += (f"; the pruned passes skipped {sum(h['skipped'] for h in history) / len(history):.0%} of the "
+                    "row-center distances (results identical to computing them all)")
     lines += [summary + ".", ""]
     if drawn.get("convergence"):
         lines += [f"![convergence]({PICTURES}/{drawn['convergence'][0].name})", ""]
     if history:
         shown = history if len(history) <= 30 else history[:10] + [None] + history[-10:]
-        lines += ["| iteration | inertia | squared center shift | seconds |", "|---:|---:|---:|---:|"]
+        extra = ["distances skipped"] if pruned else []
+        lines += ["| " + " | ".join(["iteration", "inertia", "squared center shift", *extra, "seconds"]) + " |",
+                  "|" + "---:|" * (4 + len(extra))]
         for h in shown:
-            lines.append("| … | | | |" if h is None else
-                         f"| {h['iteration']} | {h['inertia']:.6g} | {h['center_shift']:.3g} | "
-                         f"{h.get('seconds', float('nan')):.3f} |")
+            cells = ["…", *[""] * (3 + len(extra))] if h is None else [
+                str(h["iteration"]), f"{h['inertia']:.6g}", f"{h['center_shift']:.3g}",
+                *([f"{h.get('skipped', 0):.0%}"] if pruned else []), f"{h.get('seconds', float('nan')):.3f}"]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return lines
 
