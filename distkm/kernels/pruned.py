@@ -90,17 +90,18 @@ _TINY_LOWER = 1e-30
 
 _U64 = np.finfo(np.float64).eps / 2
 
-#: Below this many centers a row the bounds leave gets its distances at once: tightening its upper
-#: bound first (the row's own center gathered, a subtraction, a sum) costs about what 20 to 30 of its
-#: distances cost in a GEMM (measured on MNIST rows).
-TIGHTEN_MIN_K = 32
+#: From this many centers on, a row the bounds leave first gets its upper bound tightened (its distance to
+#: its own center), as in Hamerly's and Ding et al.'s algorithms. In numpy that costs the row's gather, its
+#: center's, a subtraction and a sum, more than it saves: on MNIST at k=256 it proved a quarter of the rows
+#: it was tried on and made an iteration 10 to 20 % slower, so by default only very large k get it.
+TIGHTEN_MIN_K = 4096
 
-#: Cost of gathering a row into a contiguous buffer, in distances computed by GEMM (measured on MNIST rows:
-#: 0.3 ms to gather 1,400 rows of 784 float32, 0.44 ms for their GEMM with 10 centers).
-_GATHER_COST = 24
+#: Cost of gathering a row for a GEMM, in distances computed by Lloyd's block GEMM (measured inside the
+#: kernel on MNIST, k=256: about 0.4 us a gathered row against 9 ns a distance in float32).
+_GATHER_COST = 40
 
-#: Cost of a GEMM call and of the numpy calls around it, in distances computed by GEMM.
-_CALL_COST = 5000
+#: Cost of a GEMM call on gathered rows and of the numpy calls around it (about 20 us), in distances.
+_CALL_COST = 2000
 
 
 class Bounds(NamedTuple):
@@ -264,6 +265,16 @@ def _context(centers, half_sq_norms, groups):
     return _Context(centers, np.ascontiguousarray(centers.T), half_sq_norms, centers_p,
                     np.ascontiguousarray(centers_p.T), half_p, c64[order], h64[order], u, float(finfo.tiny), err_slope,
                     err_offset, tight_factor, dh, groups, order, inverse, sizes, spans, n_groups)
+
+
+class _Buffers(NamedTuple):
+    """Arrays reused by every block of a call."""
+
+    block: np.ndarray         # (block_rows, d): the block in the compute dtype, as partial_stats casts it
+    scores: np.ndarray        # (block_rows, k): Lloyd's block scores, as partial_stats computes them
+    rows: np.ndarray          # (block_rows, d): rows the bounds leave, gathered
+    tmp: np.ndarray           # (block_rows, d): their centers, then the rows left after tightening
+    sT: np.ndarray            # (k, block_rows): gathered rows' scores, centers in group order
 
 
 class _Drift(NamedTuple):
@@ -488,12 +499,13 @@ def pruned_partial_stats(X, bounds, centers, half_sq_norms, shifts, groups, weig
     block_rows : int
         Rows cast to the compute dtype at a time, as for ``partial_stats`` (the same blocks).
     shared_fallback : bool
-        How the rows no bound or error margin settles (near ties) get Lloyd's own scores. False:
-        their block is cast and its GEMM computed exactly as ``partial_stats`` does. True: one
-        block-shaped buffer holds such rows of several blocks, each at its own position in its
-        block, the other rows zero, and its GEMM is computed the same way (the same call on the same
-        shapes; each row's scores then depend on no other row, as in every GEMM that does not mix
-        rows, such as OpenBLAS, MKL or BLIS): one GEMM instead of one per such block.
+        How the rows no bound or error margin settles (near ties) get Lloyd's own scores. False
+        (exact by construction): their block's GEMM, computed exactly as ``partial_stats`` does.
+        True: one block-shaped buffer holds such rows of all blocks, each at its own position in its
+        block, the other rows zero, and its GEMM is computed the same way: one GEMM instead of one
+        per such block, exact provided that a row's computed scores do not depend on the other rows'
+        values (only on the shapes and its position), an assumption on the BLAS rather than a
+        construction, which OpenBLAS's packed kernels satisfy.
 
     Returns
     -------
@@ -517,9 +529,12 @@ def pruned_partial_stats(X, bounds, centers, half_sq_norms, shifts, groups, weig
     if m == 0:
         return new, PartialStats(sums, cluster_weights), 0
     block_rows = stats_block_rows(X, dtype, weights, block_rows)
-    # The buffers of partial_stats: the block in the compute dtype, its scores when Lloyd's own GEMM is needed.
-    block = np.empty((block_rows, d), dtype=dtype)
-    scores = np.empty((block_rows, k), dtype=dtype)
+    # The buffers of partial_stats: the block in the compute dtype, its scores when Lloyd's own GEMM is needed;
+    # and those of the rows the bounds leave (reused: fresh arrays of megabytes cost page faults every block).
+    buf = _Buffers(np.empty((block_rows, d), dtype=dtype), np.empty((block_rows, k), dtype=dtype),
+                   np.empty((block_rows, d), dtype=dtype), np.empty((block_rows, d), dtype=dtype),
+                   np.empty((k, block_rows), dtype=dtype))
+    block, scores = buf.block, buf.scores
     ones = np.ones(block_rows, dtype=dtype)
     n_distances = 0
     if bounds is None:
@@ -545,7 +560,7 @@ def pruned_partial_stats(X, bounds, centers, half_sq_norms, shifts, groups, weig
             n = rows.stop - rows.start
             Xb = block[:n]
             np.copyto(Xb, X[rows], casting="unsafe")
-            left, count = _prune_block(ctx, X, Xb, block, scores, bounds, rows, drift, new)
+            left, count = _prune_block(ctx, X, Xb, buf, bounds, rows, drift, new)
             n_distances += count
             if left.size:
                 _lloyd_rows(ctx, block_scores(Xb, ctx.centers_t, ctx.half, scores[:n]), left, new, rows.start + left)
@@ -557,7 +572,7 @@ def pruned_partial_stats(X, bounds, centers, half_sq_norms, shifts, groups, weig
     # scores of the rows no margin settles, for all blocks at once, then the sums in block order.
     unsettled = []
     for rows in row_blocks(m, block_rows):
-        left, count = _prune_block(ctx, X, None, block, scores, bounds, rows, drift, new)
+        left, count = _prune_block(ctx, X, None, buf, bounds, rows, drift, new)
         unsettled.append(left)
         n_distances += count
     n_distances += _shared_fallback(ctx, X, block, scores, unsettled, block_rows, new)
@@ -611,7 +626,27 @@ def _shared_fallback(ctx, X, block, scores, unsettled, block_rows, new):
     return count
 
 
-def _prune_block(ctx, X, Xb, block, scores, bounds, rows, drift, new):
+def _row_taker(X, Xb, rows):
+    """``take(idx, out)``: rows ``idx`` of the block as cast to the compute dtype, into the buffer ``out``.
+
+    Gathered from the chunk ``X`` and cast alike when its values are narrower
+    than the compute dtype's (8-bit pixels: an eighth of the memory traffic of
+    gathering float64 rows, and the chunk's block stays in cache), else from
+    the block already cast (``Xb``); into reused buffers, as fresh arrays of
+    megabytes cost page faults at every block.
+    """
+    if Xb is not None and X.dtype.itemsize >= Xb.dtype.itemsize:
+        return lambda idx, out: np.take(Xb, idx, axis=0, out=out[:idx.size], mode="clip")
+    chunk = X[rows]
+
+    def take(idx, out):
+        np.copyto(out[:idx.size], np.take(chunk, idx, axis=0), casting="unsafe")
+        return out[:idx.size]
+
+    return take
+
+
+def _prune_block(ctx, X, Xb, buf, bounds, rows, drift, new):
     """Labels and bounds of one block from its bounds and the distances they leave, into ``new``.
 
     ``Xb`` is the block already cast to the compute dtype, or None (rows are then
@@ -640,36 +675,34 @@ def _prune_block(ctx, X, Xb, block, scores, bounds, rows, drift, new):
     failing = np.flatnonzero(~(lmin2 - up2 > margin))
     count = 0
     unsettled = failing[:0]
+    take = _row_taker(X, Xb, rows)
+    if failing.size and k >= TIGHTEN_MIN_K:
+        # Tighten (Hamerly; Ding et al.): the distance to the own center, from the differences in the
+        # compute dtype (see _Context.tight_factor); underflow absolutely, once per operation.
+        nf = failing.size
+        diff = np.take(ctx.centers, labels[failing], axis=0, out=buf.tmp[:nf], mode="clip")
+        np.subtract(take(failing, buf.rows), diff, out=diff)
+        q = np.einsum("ij,ij->i", diff, diff).astype(np.float64)
+        tight = np.sqrt(q * ctx.tight_factor + 2 * diff.shape[1] * ctx.tiny)
+        upper[failing] = np.minimum(upper[failing], tight)
+        up2[failing] = upper[failing] ** 2
+        count += nf
+        failing = failing[lmin2[failing] - up2[failing] <= margin[failing]]  # margin: the looser upper's
     if failing.size:
-        # The rows as the block cast them (or a gather of the chunk's rows, then the same cast).
-        XF = Xb[failing] if Xb is not None else X[rows][failing].astype(ctx.centers.dtype, copy=False)
-        if k >= TIGHTEN_MIN_K:
-            # Tighten (Hamerly; Ding et al.): the distance to the own center, from the differences in the
-            # compute dtype (see _Context.tight_factor); underflow absolutely, once per operation.
-            d = XF.shape[1]
-            diff = ctx.centers[labels[failing]]
-            np.subtract(XF, diff, out=diff)
-            q = np.einsum("ij,ij->i", diff, diff).astype(np.float64)
-            tight = np.sqrt(q * ctx.tight_factor + 2 * d * ctx.tiny)
-            upper[failing] = np.minimum(upper[failing], tight)
-            up2[failing] = upper[failing] ** 2
-            count += failing.size
-            still = lmin2[failing] - up2[failing] <= margin[failing]  # margin: the looser upper's
-            failing, XF = failing[still], XF[still]
-        if failing.size:
-            count_redo, unsettled = _redo_rows(ctx, X, Xb, block, scores, rows, failing, XF, labels, upper, lower,
-                                               lower2, up2, err, norms)
-            count += count_redo
+        count_redo, unsettled = _redo_rows(ctx, X, Xb, take, buf, rows, failing, labels, upper, lower, lower2, up2,
+                                           err, norms)
+        count += count_redo
     new.labels[rows] = labels
     new.upper[rows] = _up32(upper)
     new.lower[rows] = _down32(lower)
     return unsettled, count
 
 
-def _redo_rows(ctx, X, Xb, block, scores, rows, redo, XR, labels, upper, lower, lower2, up2, err, norms):
+def _redo_rows(ctx, X, Xb, take, buf, rows, redo, labels, upper, lower, lower2, up2, err, norms):
     """Distances of the rows ``redo`` the bounds leave: new labels and bounds in place; unsettled rows back.
 
-    ``Xb`` is the block already cast, or None (then cast into ``block`` if Lloyd's block GEMM is chosen).
+    ``take`` gathers rows of the block (:func:`_row_taker`); ``Xb`` is the block already cast, or None
+    (then cast into ``buf.block`` if Lloyd's block GEMM is chosen).
     """
     n, k = rows.stop - rows.start, ctx.centers.shape[0]
     nr = redo.size
@@ -690,30 +723,33 @@ def _redo_rows(ctx, X, Xb, block, scores, rows, redo, XR, labels, upper, lower, 
     if cost_block <= min(cost_full, cost_groups):
         # Lloyd's GEMM on the block: exact labels by construction.
         if Xb is None:
-            Xb = block[:n]
+            Xb = buf.block[:n]
             np.copyto(Xb, X[rows], casting="unsafe")
-        S = block_scores(Xb, ctx.centers_t, ctx.half, scores[:n])
+        S = block_scores(Xb, ctx.centers_t, ctx.half, buf.scores[:n])
         count = n * k
         labR = S[redo].argmin(axis=1)
         own, gmin = _own_and_others(ctx, np.ascontiguousarray(S[redo][:, ctx.order].T), ctx.inverse[labR])
         need[:] = True
     else:
+        sT = buf.sT[:, :nr]  # (k, nr): a group's scores in contiguous rows
         if cost_full <= cost_groups:
-            sT = np.matmul(ctx.centers_p, XR.T)  # (k, nr): a group's scores are contiguous rows
+            np.matmul(ctx.centers_p, take(redo, buf.tmp).T, out=sT)
             np.subtract(ctx.half_p[:, None], sT, out=sT)
             count = nr * k
             need[:] = True
         else:
-            sT = np.full((k, nr), np.inf, dtype=XR.dtype)  # inf: not computed
+            sT.fill(np.inf)  # inf: not computed
             count = 0
             for g, a, b, cg in ctx.spans:
                 idx = np.flatnonzero(need[:, g])
                 if idx.size:
-                    part = np.matmul(cg, XR[idx].T)
+                    part = np.matmul(cg, take(redo[idx], buf.tmp).T)
                     np.subtract(ctx.half_p[a:b, None], part, out=part)
                     sT[a:b, idx] = part
                     count += idx.size * (b - a)
-        pos = sT.argmin(axis=0)
+        gbest = _group_min(ctx, sT)
+        best = gbest.min(axis=0)
+        pos = (sT == best).argmax(axis=0)  # the first center at the minimum (argmin along axis 0 is slow)
         own, gmin = _own_and_others(ctx, sT, pos)
         labR = ctx.order[pos]
         # Both this GEMM and Lloyd's are within err of the exact scores: a gap over 4 err is the same in both.
@@ -721,10 +757,11 @@ def _redo_rows(ctx, X, Xb, block, scores, rows, redo, XR, labels, upper, lower, 
         unsure = np.flatnonzero(~(gmin.min(axis=0) - own > 4 * errR))
         if unsure.size:
             # Near ties: the rows' full scores, then their candidates' exact scores.
-            spU = np.matmul(XR[unsure], ctx.centers_tp)
+            XU = take(redo[unsure], buf.rows)
+            spU = np.matmul(XU, ctx.centers_tp)
             np.subtract(ctx.half_p, spU, out=spU)
             count += unsure.size * k
-            labU, n_pairs = _settle_near_ties(ctx, spU, errR[unsure], XR[unsure], _max_pairs(n, k))
+            labU, n_pairs = _settle_near_ties(ctx, spU, errR[unsure], XU, _max_pairs(n, k))
             count += n_pairs
             ok = labU >= 0
             settled[unsure[~ok]] = False
