@@ -199,8 +199,9 @@ def center_shifts(old_centers, new_centers):
 class _Context(NamedTuple):
     """What every block of one call needs: the centers in group order, the rounding constants, the groups.
 
-    Gathered scores are computed with their columns in group order
-    (``order``), so that a group is a slice of columns.
+    Scores of gathered rows are computed transposed, (k, rows), the centers in
+    group order (``order``): a group is a slice of contiguous rows, and its
+    minimum per row an elementwise minimum of a few arrays.
     """
 
     centers: np.ndarray       # (k, d) compute dtype
@@ -273,7 +274,7 @@ class _Buffers(NamedTuple):
     block: np.ndarray         # (block_rows, d): the block in the compute dtype, as partial_stats casts it
     scores: np.ndarray        # (block_rows, k): Lloyd's block scores, as partial_stats computes them
     rows: np.ndarray          # (block_rows, d): rows the bounds leave, gathered
-    tmp: np.ndarray           # (block_rows, d): their centers, then the rows left after tightening
+    tmp: np.ndarray           # (block_rows, d): their own centers (tightening), then rows gathered for a GEMM
     sT: np.ndarray            # (k, block_rows): gathered rows' scores, centers in group order
 
 
@@ -545,7 +546,7 @@ def pruned_partial_stats(X, bounds, centers, half_sq_norms, shifts, groups, weig
             new.norms[rows] = np.sqrt(np.einsum("ij,ij->i", Xb, Xb, dtype=np.float64))  # to nearest float32
             every = np.arange(n)
             S = block_scores(Xb, ctx.centers_t, ctx.half, scores[:n])  # Lloyd's own: exact labels, tight bounds
-            labels = _lloyd_rows(ctx, S, every, new, rows.start + every)
+            labels = _lloyd_rows(ctx, S, every, new, rows.start + every, buf.sT)
             n_distances += n * k
             accumulate_block(sums, cluster_weights, labels, Xb, ones, None if weights is None else weights[rows])
         return new, PartialStats(sums, cluster_weights), n_distances
@@ -563,7 +564,8 @@ def pruned_partial_stats(X, bounds, centers, half_sq_norms, shifts, groups, weig
             left, count = _prune_block(ctx, X, Xb, buf, bounds, rows, drift, new)
             n_distances += count
             if left.size:
-                _lloyd_rows(ctx, block_scores(Xb, ctx.centers_t, ctx.half, scores[:n]), left, new, rows.start + left)
+                S = block_scores(Xb, ctx.centers_t, ctx.half, scores[:n])
+                _lloyd_rows(ctx, S, left, new, rows.start + left, buf.sT)
                 n_distances += n * k
             accumulate_block(sums, cluster_weights, new.labels[rows], Xb, ones,
                              None if weights is None else weights[rows])
@@ -575,7 +577,7 @@ def pruned_partial_stats(X, bounds, centers, half_sq_norms, shifts, groups, weig
         left, count = _prune_block(ctx, X, None, buf, bounds, rows, drift, new)
         unsettled.append(left)
         n_distances += count
-    n_distances += _shared_fallback(ctx, X, block, scores, unsettled, block_rows, new)
+    n_distances += _shared_fallback(ctx, X, buf, unsettled, block_rows, new)
     for rows in row_blocks(m, block_rows):
         Xb = block[:rows.stop - rows.start]
         np.copyto(Xb, X[rows], casting="unsafe")
@@ -583,12 +585,27 @@ def pruned_partial_stats(X, bounds, centers, half_sq_norms, shifts, groups, weig
     return new, PartialStats(sums, cluster_weights), int(n_distances)
 
 
-def _lloyd_rows(ctx, S, idx, new, at):
-    """Labels and bounds of rows ``idx`` of Lloyd's own block scores ``S`` (exact labels), rows ``at`` of ``new``."""
+def _scores_by_group(ctx, S, idx, out):
+    """Rows ``idx`` of block scores ``S`` (n, k), transposed into ``out`` (k, >= r) with the centers in group order.
+
+    Transposed a few rows at a time: numpy's transposing copy of the whole
+    array is four to eight times slower (it strides through memory).
+    """
+    P = (S if idx.size == S.shape[0] else S.take(idx, axis=0)).take(ctx.order, axis=1)
+    sT = out[:, :idx.size]
+    for i in range(0, idx.size, 32):
+        sT[:, i:i + 32] = P[i:i + 32].T
+    return sT
+
+
+def _lloyd_rows(ctx, S, idx, new, at, out):
+    """Labels and bounds of rows ``idx`` of Lloyd's own block scores ``S`` (exact labels), rows ``at`` of ``new``.
+
+    ``out`` (k, >= len(idx)) is a buffer for the scores by group.
+    """
     labels = S[idx].argmin(axis=1)
-    sT = np.ascontiguousarray(S[idx][:, ctx.order].T)  # (k, r), centers in group order
     norms = new.norms[at]
-    own, gmin = _own_and_others(ctx, sT, ctx.inverse[labels])
+    own, gmin = _own_and_others(ctx, _scores_by_group(ctx, S, idx, out), ctx.inverse[labels])
     upper, lower = _bounds_from_scores(ctx, own, gmin, _row_error(ctx, norms), norms)
     new.labels[at] = labels
     new.upper[at] = _up32(upper)
@@ -596,7 +613,7 @@ def _lloyd_rows(ctx, S, idx, new, at):
     return labels
 
 
-def _shared_fallback(ctx, X, block, scores, unsettled, block_rows, new):
+def _shared_fallback(ctx, X, buf, unsettled, block_rows, new):
     """Lloyd's scores of the unsettled rows of all blocks from shared block-shaped buffers (``shared_fallback``)."""
     m, k = X.shape[0], ctx.centers.shape[0]
     rows = np.concatenate(unsettled) + np.repeat(np.arange(len(unsettled)) * block_rows,
@@ -617,11 +634,11 @@ def _shared_fallback(ctx, X, block, scores, unsettled, block_rows, new):
         rank[sorter] = np.arange(part.size) - first
         for r in range(int(rank.max()) + 1):
             these, at = part[rank == r], pos[rank == r]
-            Xb = block[:n]
+            Xb = buf.block[:n]
             Xb[:] = 0
             Xb[at] = X[these]
-            S = block_scores(Xb, ctx.centers_t, ctx.half, scores[:n])
-            _lloyd_rows(ctx, S, at, new, these)
+            S = block_scores(Xb, ctx.centers_t, ctx.half, buf.scores[:n])
+            _lloyd_rows(ctx, S, at, new, these, buf.sT)
             count += n * k
     return count
 
@@ -728,7 +745,7 @@ def _redo_rows(ctx, X, Xb, take, buf, rows, redo, labels, upper, lower, lower2, 
         S = block_scores(Xb, ctx.centers_t, ctx.half, buf.scores[:n])
         count = n * k
         labR = S[redo].argmin(axis=1)
-        own, gmin = _own_and_others(ctx, np.ascontiguousarray(S[redo][:, ctx.order].T), ctx.inverse[labR])
+        own, gmin = _own_and_others(ctx, _scores_by_group(ctx, S, redo, buf.sT), ctx.inverse[labR])
         need[:] = True
     else:
         sT = buf.sT[:, :nr]  # (k, nr): a group's scores in contiguous rows
