@@ -25,7 +25,7 @@ upper bound tightened (its distance to its own center) when ``k`` is large
 enough for that to pay, then the distances to the centers of the groups whose
 bound still fails, and always of its own group (Ding et al.'s group filter),
 or to all the centers, or the block gets Lloyd's own GEMM, whichever costs
-least (numpy gathers rows before a GEMM: a gathered row costs about what 24 of
+least (numpy gathers rows before a GEMM: a gathered row costs about what 40 of
 its distances cost). Its bounds are rebuilt from the scores computed.
 
 Exactness
