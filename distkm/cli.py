@@ -524,7 +524,7 @@ def _parser():
     fit.add_argument("--algorithm", choices=["auto", "elkan", "lloyd", "minibatch"], default="auto",
                      help="elkan: Lloyd's iterations computing only the distances that per-row bounds do not "
                           "settle (the results of lloyd, to the bit); lloyd: every distance of every row each "
-                          "iteration; auto: elkan unless its bounds would not fit the workers' memory; "
+                          "iteration; auto: the faster as measured (elkan in float64, lloyd in float32); "
                           "minibatch: a few chunks per step (--max-iter then counts passes)")
     fit.add_argument("--max-iter", type=int, default=300, help="most Lloyd iterations of one initialisation")
     fit.add_argument("--tol", type=float, default=1e-4, help="relative to the mean feature variance")
