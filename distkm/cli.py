@@ -241,8 +241,9 @@ def _evaluate(args):
             if not args.quiet:
                 print(f"evaluating {args.run} on {data} ({store.images.shape[0]:,} rows)", flush=True)
             evaluation = report_run(folder, model, meta, store, pictures=not args.no_pictures, n_members=args.members,
-                                    silhouette_sample=args.silhouette_sample, seed=args.seed)
-        if remote:
+                                    silhouette_sample=args.silhouette_sample, seed=args.seed, name=args.run)
+        if remote:  # the new pictures replace the old ones, as a local evaluate's do
+            locations.remove(locations.join(args.run, "pictures"))
             locations.upload(folder, args.run)
     finally:
         if remote:
@@ -296,6 +297,15 @@ def _distributed_logs(level):
             logger.setLevel(previous)
 
 
+def _local_output(out, command):
+    """Refuse a URL where a command writes only to a filesystem (its inputs may still be URLs)."""
+    from distkm.io import locations
+
+    if locations.is_url(out):
+        raise ValueError(f"distkm {command} writes its --out on a filesystem, not to {locations.public_url(out)!r}: "
+                         "give a local (or shared) folder")
+
+
 def _report_beside(out):
     """Where the performance report of a command whose output is a file or an array goes: beside it."""
     from distkm.io import locations
@@ -337,6 +347,7 @@ def _sweep(args):
     split = args.split
     if split is None and "train" in store.attrs.get("splits", {}):
         split = "train"  # fit on train, score on the held-out rows too
+    _local_output(args.out, "sweep")
     check_output_path(args.out, overwrite=args.overwrite, inputs=[args.store])
     fit_params = {"random_state": args.seed, "max_iter": args.max_iter, "tol": args.tol, "dtype": args.dtype,
                   "n_init": _parse_n_init(args.n_init)}
@@ -378,6 +389,7 @@ def _quantize(args):
     from distkm.apps.quantize import quantize
 
     start = time.perf_counter()
+    _local_output(args.out, "quantize")
     with _client(args, report_file=_report_beside(args.out)):
         if not args.quiet:
             print(f"quantizing {args.source} to {args.k} colours", flush=True)
@@ -430,7 +442,7 @@ def _predict(args):
     from distkm.estimator import load_model
     from distkm.io import locations
     from distkm.io.outputs import atomic_output, check_output_path
-    from distkm.io.stores import open_store
+    from distkm.io.stores import open_store, zarr_location
 
     start = time.perf_counter()
     model, _ = load_model(args.run)
@@ -443,7 +455,7 @@ def _predict(args):
         if not args.quiet:
             print(f"assigning {store.images.shape[0]:,} rows of {args.store}",
                   flush=True)
-        write_labels(tmp, labels, attrs={"model": str(Path(args.run).resolve()),
+        write_labels(zarr_location(tmp, read_only=False), labels, attrs={"model": locations.recorded(args.run),
                                          "store": locations.recorded(args.store), "split": args.split})
     print(f"wrote {args.out}: {labels.shape[0]:,} labels in {time.perf_counter() - start:.1f} s")
 

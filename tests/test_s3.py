@@ -185,3 +185,17 @@ def test_input_checksums_unchanged(s3, s3_mnist, tmp_path):
                     "--quiet", "--no-evaluate")
     assert result.returncode == 0, result.stderr
     assert digest() == before
+
+
+def test_outputs_on_s3_that_cannot_be_written_safely_are_refused(s3, s3_mnist, tmp_path):
+    """A URL with glob characters (fsspec would match siblings), the bucket itself, and commands whose
+    output is a folder on a filesystem: one line each, nothing written."""
+    before = objects(s3)
+    for args, expected in [
+        (["fit", s3_mnist, "--k", 2, "--out", f"s3://{s3.bucket}/runs/k[2]"], "without the characters"),
+        (["fit", s3_mnist, "--k", 2, "--out", f"s3://{s3.bucket}"], "must name a path inside a bucket"),
+        (["sweep", s3_mnist, "--k", "2,3", "--out", f"s3://{s3.bucket}/sweep"], "writes its --out on a filesystem"),
+    ]:
+        result = distkm(*args, "--quiet")
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr
+    assert objects(s3) == before

@@ -8,10 +8,10 @@ their split (:func:`distkm.engine.lloyd.final_pass`); only the other splits
 (the held-out rows) are read again, by the evaluation.
 
 A run folder on object storage (``--out s3://...``) is built the same way,
-except that only its labels array, written by the workers, goes to the
-hidden prefix ``OUT.partial`` at once; the small files are made in a local
-temporary folder and uploaded beside it, then the whole is copied into
-place (:func:`distkm.io.outputs.replace_path`). Such a fit does not resume.
+except that only its labels array, written by the workers, goes to a
+hidden, unique prefix beside ``OUT`` at once; the small files are made in a
+local temporary folder and uploaded beside it, then the whole is copied
+into place (:func:`distkm.io.outputs.replace_path`). Such a fit does not resume.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from distkm.io import locations
 from distkm.io.checkpoint import Checkpoint
 from distkm.io.model import save_model
 from distkm.io.outputs import check_not_an_input, check_output_path, output_lock, partial_path, replace_path
-from distkm.io.stores import open_store
+from distkm.io.stores import open_store, zarr_location
 
 
 class FitJob:
@@ -65,7 +65,7 @@ class FitJob:
     work : Path
         ``OUT.partial``, where the run is built (a local temporary folder for a URL ``out``).
     stage : Path or str
-        Where the labels array is written and the run assembled: ``work``, or ``OUT.partial`` for a URL.
+        Where the labels array is written and the run assembled: ``work``, or a hidden prefix beside a URL ``out``.
     kept : bool
         After a failure: whether ``work`` was kept for a resume (it holds a checkpoint).
     """
@@ -79,7 +79,7 @@ class FitJob:
         self.out, self.overwrite = (out if self.remote else Path(out)), overwrite
         inputs = [store, *inputs]
         check_output_path(out, overwrite=overwrite, inputs=inputs)
-        self.stage = partial_path(out)
+        self.stage = locations.temporary_url(out, "partial") if self.remote else partial_path(out)
         check_not_an_input(self.stage, inputs)
         if self.remote and resume:
             raise ValueError(f"a fit into {locations.public_url(out)!r} cannot resume: runs on object storage are "
@@ -88,9 +88,7 @@ class FitJob:
         self._lock = ExitStack()  # held from here until the run is published or has failed
         self._lock.enter_context(output_lock(out))
         try:
-            if self.remote and locations.exists(self.stage):  # left by a fit that was killed
-                locations.remove(self.stage)
-            elif not self.remote and self.work.exists() and not resume:
+            if not self.remote and self.work.exists() and not resume:
                 raise FileExistsError(f"{self.work} holds an interrupted fit; continue it with resume=True, "
                                       "or delete it to start over")
             self.model = KMeans(**params, checkpoint=str(self.work / "checkpoint"))
@@ -116,7 +114,7 @@ class FitJob:
             if not self.kept:  # nothing worth resuming: leave nothing behind
                 shutil.rmtree(self.work, ignore_errors=True)
                 if self.remote:
-                    locations.remove(self.stage)
+                    locations.remove_quietly(self.stage)
             self._lock.close()
             raise
 
@@ -132,9 +130,10 @@ class FitJob:
         evaluation : distkm.evaluation.evaluate.Evaluation or None
         """
         started = time.perf_counter()
-        labels_path = locations.join(self.stage, "labels.zarr")
-        if not self.remote:
-            shutil.rmtree(labels_path, ignore_errors=True)  # from an attempt killed while writing them
+        labels_at = locations.join(self.stage, "labels.zarr")
+        if not self.remote:  # from an attempt killed while writing them
+            shutil.rmtree(labels_at, ignore_errors=True)
+        labels_path = zarr_location(labels_at, read_only=False)
         attrs = {"store": locations.recorded(self.store.path), "split": self.split}
         final = {"labels_to": labels_array_for(labels_path, self.x, attrs=attrs), "row_offset": self.start}
         plan = evaluation_plan_for(self.store, self.split, pictures=pictures, seed=seed) if evaluate else None
@@ -154,6 +153,7 @@ class FitJob:
             "command_seconds": time.perf_counter() - self._created}})
         known = None if tables is None else {fitted_split: tables}
         evaluation = report_run(self.work, self.model, meta, self.store, evaluate=evaluate, pictures=pictures,
+                                name=self.out,
                                 seed=seed, known=known)
         return meta, evaluation
 

@@ -33,7 +33,6 @@ import zarr
 from distkm import config, kernels
 from distkm.kernels import pruned
 from distkm.engine.passes import compute, map_reduce, map_reduce_with_state, row_offsets
-from distkm.io.stores import zarr_location
 from distkm.kernels.assign import prepare_centers
 
 logger = logging.getLogger("distkm")
@@ -592,7 +591,7 @@ def labels_array_for(path, x, *, attrs=None):
     rows = x.chunks[0]
     if len(set(rows[:-1])) > 1 or rows[-1] > rows[0]:
         return None
-    return zarr.create_array(zarr_location(path, read_only=False), shape=(x.shape[0],), chunks=(rows[0],),
+    return zarr.create_array(path, shape=(x.shape[0],), chunks=(rows[0],),
                              dtype=np.int32,
                              dimension_names=["sample"], attributes={"distkm": "labels", **(attrs or {})})
 
@@ -618,7 +617,7 @@ def distances_lazy(x, centers, dtype, *, block_rows):
 def write_labels(path, labels, *, attrs=None):
     """Write lazy labels (a 1-D dask array) to a zarr array, chunk by chunk on the workers."""
     chunk = max(labels.chunks[0])
-    z = zarr.create_array(zarr_location(path, read_only=False), shape=labels.shape, chunks=(chunk,),
+    z = zarr.create_array(path, shape=labels.shape, chunks=(chunk,),
                           dtype=labels.dtype,
                           dimension_names=["sample"], attributes={"distkm": "labels", **(attrs or {})})
     job = da.store(labels.rechunk(chunk), z, lock=False, compute=False)

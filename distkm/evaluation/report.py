@@ -41,7 +41,7 @@ def evaluation_plan_for(store, split, *, pictures=True, n_members=None, silhouet
 
 
 def report_run(run_dir, model, meta, store, *, evaluate=True, pictures=True, n_members=None,
-               silhouette_sample=None, seed=0, known=None):
+               silhouette_sample=None, seed=0, known=None, name=None):
     """Evaluate a fitted run on its store (all splits) and write its evaluation, pictures and report.
 
     Parameters
@@ -74,7 +74,7 @@ def report_run(run_dir, model, meta, store, *, evaluate=True, pictures=True, n_m
                                    silhouette_sample=silhouette_sample, seed=seed)
         evaluation = evaluate_store(model, store, plan=plan, known=known)
     image_shape = image_shape_for(model.cluster_centers_.shape[1], store.attrs.get("image_shape"))
-    write_run_report(run_dir, meta, model, evaluation, image_shape=image_shape, pictures=pictures)
+    write_run_report(run_dir, meta, model, evaluation, image_shape=image_shape, pictures=pictures, name=name)
     return evaluation
 
 
@@ -92,7 +92,7 @@ def image_shape_for(n_features, declared=None):
     return None
 
 
-def write_run_report(run_dir, meta, model, evaluation=None, *, image_shape=None, pictures=True):
+def write_run_report(run_dir, meta, model, evaluation=None, *, image_shape=None, pictures=True, name=None):
     """Write the evaluation, the pictures and ``report.md`` into a run folder.
 
     Parameters
@@ -122,7 +122,7 @@ def write_run_report(run_dir, meta, model, evaluation=None, *, image_shape=None,
         drawn, notes = _draw(run_dir, meta, model, evaluation, image_shape)
         for note in notes:
             logger.info("%s", note)
-    write_text_atomic(run_dir / "report.md", render_report(meta, evaluation, drawn, notes, run_dir))
+    write_text_atomic(run_dir / "report.md", render_report(meta, evaluation, drawn, notes, name or run_dir))
     return drawn
 
 
@@ -177,11 +177,11 @@ def _cluster_titles(model, evaluation):
 
 
 def render_report(meta, evaluation, drawn, notes, run_dir):
-    """The Markdown text of ``report.md``."""
-    run_dir = Path(run_dir)
+    """The Markdown text of ``report.md`` (``run_dir``: the run's folder or URL, which names it in the title)."""
+    name = str(run_dir).rstrip("/").rsplit("/", 1)[-1].removesuffix(".partial")
     data = meta.get("data", {})
     split = f" (split {printable(data['split'])})" if data.get("split") else ""
-    lines = [f"# distkm run `{run_dir.name.removesuffix('.partial')}`: k={meta['n_clusters']} on "
+    lines = [f"# distkm run `{printable(name)}`: k={meta['n_clusters']} on "
              f"`{printable(data.get('path', '?'))}`{split}", ""]
     lines += [f"Created {meta.get('created', '?')} by distkm {meta.get('versions', {}).get('distkm', '?')}.", ""]
     lines += ["## Parameters", "", "| parameter | value |", "|---|---|"]

@@ -16,6 +16,7 @@ hidden prefix removed (:func:`publish_url`).
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from contextlib import contextmanager
@@ -143,13 +144,14 @@ def explained(url):
         raise PermissionError(f"access to {where!r} refused by the storage service ({e}); check the credentials "
                               "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials)") from e
     except Exception as e:
-        if _is_connection_error(e):
+        if is_connection_error(e):
             raise ConnectionError(f"cannot reach the storage service of {where!r} ({type(e).__name__}: {e}); check "
                                   "the endpoint (AWS_ENDPOINT_URL) and the network") from e
         raise
 
 
-def _is_connection_error(error):
+def is_connection_error(error):
+    """Whether ``error`` (or what caused it) is a failure to reach a service, not a refusal or a missing name."""
     names = {type(e).__name__ for e in _chain(error)}
     return bool(names & {"EndpointConnectionError", "ConnectTimeoutError", "ClientConnectorError",
                          "ConnectionRefusedError", "ServerDisconnectedError"}) or isinstance(error, ConnectionError)
@@ -162,12 +164,13 @@ def _chain(error):
 
 
 def read_text(path):
-    """The text of a small file at a path or URL, or ``None`` when there is none."""
+    """The text of a small file at a path or URL, or ``None`` when there is none (or it is not text)."""
     try:
         if not is_url(path):
             return local_path(path).read_text()
         fs, inner = filesystem(path)
-        return fs.cat_file(inner).decode()
+        with explained(path):
+            return fs.cat_file(inner).decode()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError):
         return None
 
@@ -177,30 +180,45 @@ def disk_usage(path):
     if not is_url(path):
         return sum(f.stat().st_size for f in local_path(path).rglob("*") if f.is_file())
     fs, inner = filesystem(path)
-    return int(fs.du(inner))
+    with explained(path):
+        return int(fs.du(inner))
 
 
 def upload(folder, url):
     """Copy the files of a local ``folder`` under ``url``."""
     fs, inner = filesystem(url)
-    for file in sorted(p for p in local_path(folder).rglob("*") if p.is_file()):
-        fs.put_file(str(file), f"{inner.rstrip('/')}/{file.relative_to(folder).as_posix()}")
+    files = sorted(p for p in local_path(folder).rglob("*") if p.is_file())
+    with explained(url):
+        fs.put([str(f) for f in files], [f"{inner.rstrip('/')}/{f.relative_to(folder).as_posix()}" for f in files])
 
 
 def remove(url):
-    """Remove everything under ``url`` (nothing there is fine)."""
+    """Remove everything under ``url`` (nothing there is fine): its objects listed, then deleted by name."""
     fs, inner = filesystem(url)
+    with explained(url):
+        # The listed keys, never a pattern (URL outputs may not hold "*?[", which fsspec reads as globs).
+        keys = fs.find(inner) + ([inner] if fs.isfile(inner) else [])
+        if keys:
+            fs.rm(keys)
+        fs.invalidate_cache()
+
+
+def remove_quietly(url):
+    """:func:`remove` after a failure: a leftover is logged, never raised over the error being reported."""
     try:
-        fs.rm(inner, recursive=True)
-    except FileNotFoundError:
-        pass
-    fs.invalidate_cache()
+        remove(url)
+    except Exception as e:  # the network may be why the command failed in the first place
+        logging.getLogger("distkm").warning("could not remove %s (%s); delete it by hand", public_url(url), e)
 
 
 def temporary_url(url, tag="tmp"):
     """A hidden, unique prefix beside ``url`` (``.NAME.tmp-<hex>``) to build an output in."""
     parent, _, name = str(url).rstrip("/").rpartition("/")
     return f"{parent}/.{name}.{tag}-{uuid.uuid4().hex[:12]}"
+
+
+class PublishError(OSError):
+    """A complete output could not be copied into place; it is kept where it was built."""
 
 
 def publish_url(src, dst, *, replace=False):
@@ -216,18 +234,34 @@ def publish_url(src, dst, *, replace=False):
     ------
     FileExistsError
         ``dst`` appeared while ``src`` was being made and ``replace`` is false.
+    PublishError
+        The copy failed: what it copied is removed again, and the complete
+        output stays at ``src`` (named in the message), never deleted.
     """
     fs, src_path = filesystem(src)
     dst_path = filesystem(dst)[1]
-    fs.invalidate_cache()
-    if fs.exists(dst_path):
-        if not replace:
-            raise FileExistsError(f"output {public_url(dst)!r} appeared while writing; nothing was replaced")
-        fs.rm(dst_path, recursive=True)
-    files = sorted(fs.find(src_path))
+    with explained(dst):
+        fs.invalidate_cache()
+        files = sorted(fs.find(src_path))
+        root = src_path.rstrip("/")
+        if not any(f[len(root) + 1:] in _MARKERS for f in files):
+            raise PublishError(f"{public_url(src)} holds no complete output; nothing was replaced")
+        if fs.exists(dst_path):
+            if not replace:
+                raise FileExistsError(f"output {public_url(dst)!r} appeared while writing; nothing was replaced")
+            remove(dst)
     # Markers last, the root's very last: until it lands, dst is not a store or a run at all.
-    files.sort(key=lambda f: (f.rsplit("/", 1)[-1] in _MARKERS, -f.count("/")))
-    for name in files:
-        fs.copy(name, dst_path + name[len(src_path.rstrip("/")):])
-    fs.rm(src_path, recursive=True)
-    fs.invalidate_cache()
+    data = [f for f in files if f.rsplit("/", 1)[-1] not in _MARKERS]
+    markers = sorted(set(files) - set(data), key=lambda f: -f.count("/"))
+    target = [dst_path.rstrip("/") + f[len(root):] for f in data]
+    try:
+        with explained(dst):
+            if data:
+                fs.copy(data, target)  # concurrent requests, by name (lists are never globbed)
+            for name in markers:
+                fs.copy([name], [dst_path.rstrip("/") + name[len(root):]])
+    except Exception as e:
+        remove_quietly(dst)
+        raise PublishError(f"could not copy the complete output into {public_url(dst)!r} ({e}); it is kept at "
+                           f"{public_url(src)!r}: copy it yourself, or run the command again") from e
+    remove_quietly(src)

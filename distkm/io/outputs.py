@@ -47,6 +47,11 @@ def check_output_path(path, *, overwrite=False, inputs=()):
         The folder that would hold ``path`` cannot be written.
     """
     if locations.is_url(path):
+        name = str(path).rstrip("/").split("://", 1)[1]
+        if "/" not in name or any(c in name for c in "*?["):
+            # fsspec reads "*?[" as patterns; a bucket is not an output of its own.
+            raise ValueError(f"output {locations.public_url(path)!r}: a URL output must name a path inside a bucket "
+                             "without the characters * ? [")
         check_not_an_input(path, inputs)
         if locations.exists(path):
             if not overwrite:
@@ -271,12 +276,14 @@ def _atomic_url(url, *, overwrite, inputs):
     try:
         yield tmp
     except BaseException:
-        locations.remove(tmp)
+        locations.remove_quietly(tmp)
         raise
     try:
         replace_path(tmp, url, overwrite=overwrite)
+    except locations.PublishError:
+        raise  # the complete output stays where it was built (the message names it)
     except BaseException:
-        locations.remove(tmp)
+        locations.remove_quietly(tmp)
         raise
 
 

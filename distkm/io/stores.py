@@ -202,6 +202,9 @@ def _read_chunk(array, index, asarray=True, lock=None, *, where):
     except Exception as e:
         rows = index[0] if isinstance(index, tuple) else index
         chunk = rows.start // array.chunks[0]
+        if isinstance(e, PermissionError) or locations.is_connection_error(e):  # the service, not the store
+            raise OSError(f"cannot read chunk {chunk} (rows {rows.start}-{rows.stop - 1}) of {where}: "
+                          f"{type(e).__name__}: {e}; the storage service refused or could not be reached") from e
         raise OSError(f"cannot read chunk {chunk} (rows {rows.start}-{rows.stop - 1}) of {where}: "
                       f"{type(e).__name__}: {e}; the store is damaged, write it again") from e
 
@@ -227,7 +230,8 @@ def _chunk_keys(z, location):
     if locations.is_url(location):
         fs, root = locations.filesystem(location)
         root = root.rstrip("/")
-        return {name[len(root) + 1:] for name in fs.find(f"{root}/c")}
+        with locations.explained(location):
+            return {name[len(root) + 1:] for name in fs.find(f"{root}/c")}
     root = locations.local_path(location)
     return {f.relative_to(root).as_posix() for f in _chunk_files(root / "c", z.ndim)}
 
