@@ -144,9 +144,7 @@ def s3_server(log_dir, *, host="127.0.0.1", port=None, netns=None, bucket="distk
     ------
     S3Server
     """
-    import json
 
-    import boto3
 
     port = port or free_port()
     command = [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)]
@@ -159,29 +157,16 @@ def s3_server(log_dir, *, host="127.0.0.1", port=None, netns=None, bucket="distk
         if client_netns:
             yield _s3_setup_in_netns(client_netns, endpoint, bucket, proc)
             return
-        _wait_for_endpoint(endpoint, proc)
-        anonymous = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
-                         aws_secret_access_key="setup")
-        iam = boto3.client("iam", **anonymous)
-        iam.create_user(UserName="distkm")
-        iam.put_user_policy(UserName="distkm", PolicyName="all", PolicyDocument=json.dumps(
-            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
-        keys = iam.create_access_key(UserName="distkm")["AccessKey"]
-        server = S3Server(endpoint, keys["AccessKeyId"], keys["SecretAccessKey"], bucket)
-        server.client().create_bucket(Bucket=bucket)
-        for _ in range(_S3_SETUP_REQUESTS):  # use up the unchecked requests: from now on keys are checked
-            try:
-                boto3.client("iam", **anonymous).list_users()
-            except Exception:
-                break
-        yield server
+        yield S3Server(endpoint, *_s3_setup(endpoint, bucket, proc), bucket)
     finally:
         _stop([proc])
 
 
-def _s3_setup(endpoint, bucket):
+def _s3_setup(endpoint, bucket, proc=None):
     """What :func:`s3_server` does once its server runs, on its own: wait for it, make the user,
-    its keys and the bucket, use up the unchecked requests. Returns ``(key, secret)``."""
+    its keys and the bucket, use up the unchecked requests. Returns ``(key, secret)``.
+
+    ``proc``: the server's process, when it is this process's child (else it is not polled)."""
     import json
 
     import boto3
@@ -192,7 +177,7 @@ def _s3_setup(endpoint, bucket):
         def poll(self):
             return None
 
-    _wait_for_endpoint(endpoint, _Running())
+    _wait_for_endpoint(endpoint, proc or _Running())
     anonymous = dict(endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
                      aws_secret_access_key="setup")
     iam = boto3.client("iam", **anonymous)
@@ -201,7 +186,7 @@ def _s3_setup(endpoint, bucket):
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
     keys = iam.create_access_key(UserName="distkm")["AccessKey"]
     S3Server(endpoint, keys["AccessKeyId"], keys["SecretAccessKey"], bucket).client().create_bucket(Bucket=bucket)
-    for _ in range(_S3_SETUP_REQUESTS):
+    for _ in range(_S3_SETUP_REQUESTS):  # use up the unchecked requests: from now on keys are checked
         try:
             boto3.client("iam", **anonymous).list_users()
         except Exception:

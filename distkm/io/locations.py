@@ -165,9 +165,12 @@ def _chain(error):
 
 def read_text(path):
     """The text of a small file at a path or URL, or ``None`` when there is none (or it is not text)."""
-    try:
-        if not is_url(path):
+    if not is_url(path):
+        try:
             return local_path(path).read_text()
+        except (OSError, UnicodeDecodeError):  # unreadable is "not one of distkm's files", as missing is
+            return None
+    try:
         fs, inner = filesystem(path)
         with explained(path):
             return fs.cat_file(inner).decode()
