@@ -130,7 +130,7 @@ def bench(name, k, seed=0):
     plain, pruned = results["distkm algorithm='lloyd' (cached)"], results["distkm algorithm='elkan' (cached, pruned)"]
     print(f"\nalgorithm='elkan' and 'lloyd' bit-identical: {np.array_equal(pruned['centers'], plain['centers'])}"
           f" (iterations {pruned['n_iter']} and {plain['n_iter']})")
-    skipped = [h["skipped"] for h in pruned["history"]]
+    skipped = [h.get("skipped", 0.0) for h in pruned["history"]]
     print("distances skipped per iteration (elkan fit): "
           + " ".join(f"{s:.0%}" for s in skipped[:12]) + (" ..." if len(skipped) > 12 else "")
           + f"; mean {np.mean(skipped):.1%}")

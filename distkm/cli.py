@@ -338,7 +338,7 @@ def _parse_n_init(value):
 # --------------------------------------------------------------------------- #
 def _sweep(args):
     from distkm.apps.sweep import COLUMNS, format_table, parse_ks, sweep, write_sweep
-    from distkm.io.outputs import atomic_output, check_output_path
+    from distkm.io.outputs import atomic_output, check_output_path, staged_locally
     from distkm.io.stores import open_store
 
     start = time.perf_counter()
@@ -347,12 +347,12 @@ def _sweep(args):
     split = args.split
     if split is None and "train" in store.attrs.get("splits", {}):
         split = "train"  # fit on train, score on the held-out rows too
-    _local_output(args.out, "sweep")
     check_output_path(args.out, overwrite=args.overwrite, inputs=[args.store])
     fit_params = {"random_state": args.seed, "max_iter": args.max_iter, "tol": args.tol, "dtype": args.dtype,
                   "n_init": _parse_n_init(args.n_init)}
-    with atomic_output(args.out, overwrite=args.overwrite, inputs=[args.store]) as tmp, \
-            _client(args, report_folder=tmp, data_nbytes=store.images.nbytes):
+    # Only the client writes a sweep's folder (models, tables, pictures): built locally for a URL, then uploaded.
+    with atomic_output(args.out, overwrite=args.overwrite, inputs=[args.store]) as built, \
+            staged_locally(built) as tmp, _client(args, report_folder=tmp, data_nbytes=store.images.nbytes):
         if not args.quiet:
             print(f"sweeping k={','.join(map(str, ks))} on {args.store}"
                   f"{f' (fit on {split})' if split else ''}", flush=True)

@@ -174,6 +174,17 @@ def test_storage_failures_are_one_clear_line(s3, s3_mnist, tmp_path, case):
         assert "not-the-secret" not in result.stderr
 
 
+def test_sweep_from_and_to_s3(s3, s3_mnist):
+    out = f"s3://{s3.bucket}/sweep"
+    result = distkm("sweep", s3_mnist, "--k", "2,3", "--max-iter", 5, "--seed", 0, "--out", out, "--quiet",
+                    "--no-pictures")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(s3.client().get_object(Bucket=s3.bucket, Key="sweep/sweep.json")["Body"].read())
+    assert [row["k"] for row in doc["rows"]] == [2, 3] and doc["store"] == s3_mnist
+    assert {"sweep/k=002/model.json", "sweep/k=003/model.json", "sweep/sweep.md"} <= set(objects(s3, "sweep/"))
+    assert not [key for key in objects(s3) if key.startswith(".sweep")]
+
+
 def test_input_checksums_unchanged(s3, s3_mnist, tmp_path):
     """Nothing above wrote into the input store (every object's checksum before and after a fit)."""
     def digest():
@@ -188,13 +199,13 @@ def test_input_checksums_unchanged(s3, s3_mnist, tmp_path):
 
 
 def test_outputs_on_s3_that_cannot_be_written_safely_are_refused(s3, s3_mnist, tmp_path):
-    """A URL with glob characters (fsspec would match siblings), the bucket itself, and commands whose
-    output is a folder on a filesystem: one line each, nothing written."""
+    """A URL with glob characters (fsspec would match siblings), the bucket itself, and quantize (its
+    output is images on a filesystem): one line each, nothing written."""
     before = objects(s3)
     for args, expected in [
         (["fit", s3_mnist, "--k", 2, "--out", f"s3://{s3.bucket}/runs/k[2]"], "without the characters"),
         (["fit", s3_mnist, "--k", 2, "--out", f"s3://{s3.bucket}"], "must name a path inside a bucket"),
-        (["sweep", s3_mnist, "--k", "2,3", "--out", f"s3://{s3.bucket}/sweep"], "writes its --out on a filesystem"),
+        (["quantize", tmp_path, "--k", 2, "--out", f"s3://{s3.bucket}/q"], "writes its --out on a filesystem"),
     ]:
         result = distkm(*args, "--quiet")
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, result.stderr

@@ -287,6 +287,21 @@ def _atomic_url(url, *, overwrite, inputs):
         raise
 
 
+@contextmanager
+def staged_locally(path):
+    """A local folder to write ``path``'s files into: ``path`` itself, or, for a URL, a temporary
+    folder uploaded under it when the block succeeds (for outputs only the client writes)."""
+    if not locations.is_url(path):
+        yield Path(path)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="distkm-stage-"))
+    try:
+        yield folder
+        locations.upload(folder, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def write_text_atomic(path, text):
     """Write a small text file (JSON, Markdown) whole or not at all: a temporary file, then a rename."""
     path = Path(path)
