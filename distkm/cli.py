@@ -10,9 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
-import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -223,6 +221,7 @@ def _evaluate(args):
     from distkm.estimator import load_model
     from distkm.evaluation.report import report_run
     from distkm.io import locations
+    from distkm.io.outputs import staged_locally
     from distkm.io.stores import open_store
 
     start = time.perf_counter()
@@ -234,20 +233,15 @@ def _evaluate(args):
     if store.images.shape[1] != model.n_features_in_:
         raise ValueError(f"store {data!r} has {store.images.shape[1]} features per row, "
                          f"but the model was fitted on {model.n_features_in_}")
-    remote = locations.is_url(args.run)  # the report is made here, then uploaded into the run folder
-    folder = Path(tempfile.mkdtemp(prefix="distkm-evaluate-")) if remote else Path(args.run)
-    try:
+    # A run on object storage: the report is made in a local folder, then uploaded into it.
+    with staged_locally(args.run) as folder:
         with _client(args, report_folder=folder, data_nbytes=store.images.nbytes):
             if not args.quiet:
                 print(f"evaluating {args.run} on {data} ({store.images.shape[0]:,} rows)", flush=True)
             evaluation = report_run(folder, model, meta, store, pictures=not args.no_pictures, n_members=args.members,
                                     silhouette_sample=args.silhouette_sample, seed=args.seed, name=args.run)
-        if remote:  # the new pictures replace the old ones, as a local evaluate's do
+        if locations.is_url(args.run):  # the new pictures replace the old ones, as a local evaluate's do
             locations.remove(locations.join(args.run, "pictures"))
-            locations.upload(folder, args.run)
-    finally:
-        if remote:
-            shutil.rmtree(folder, ignore_errors=True)
     print(evaluation.table())
     print(f"done in {time.perf_counter() - start:.1f} s: {args.run}/evaluation.json, {args.run}/report.md"
           f"{'' if args.no_pictures else f', {args.run}/pictures/'}")

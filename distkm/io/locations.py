@@ -25,8 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from distkm import config
 
-#: Files that make a folder a store or a run (copied last, so that a half-copied output is never one).
-_MARKERS = ("zarr.json", "model.json", "sweep.json")
+#: Files that make a folder a store, a run or a sweep (copied last, so that a half-copied output is never one).
+MARKERS = ("zarr.json", "model.json", "sweep.json")
 
 
 def is_url(path):
@@ -247,14 +247,14 @@ def publish_url(src, dst, *, replace=False):
         fs.invalidate_cache()
         files = sorted(fs.find(src_path))
         root = src_path.rstrip("/")
-        if not any(f[len(root) + 1:] in _MARKERS for f in files):
+        if not any(f[len(root) + 1:] in MARKERS for f in files):
             raise PublishError(f"{public_url(src)} holds no complete output; nothing was replaced")
         if fs.exists(dst_path):
             if not replace:
                 raise FileExistsError(f"output {public_url(dst)!r} appeared while writing; nothing was replaced")
             remove(dst)
     # Markers last, the root's very last: until it lands, dst is not a store or a run at all.
-    data = [f for f in files if f.rsplit("/", 1)[-1] not in _MARKERS]
+    data = [f for f in files if f.rsplit("/", 1)[-1] not in MARKERS]
     markers = sorted(set(files) - set(data), key=lambda f: -f.count("/"))
     target = [dst_path.rstrip("/") + f[len(root):] for f in data]
     try:

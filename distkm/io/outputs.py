@@ -117,7 +117,7 @@ def written_by_distkm(path):
     """
     if not locations.is_url(path) and (Path(path).is_symlink() or not Path(path).is_dir()):
         return _written_file(Path(path))
-    for marker in ("zarr.json", "model.json", "sweep.json"):  # a folder, or a prefix on object storage
+    for marker in locations.MARKERS:  # a folder, or a prefix on object storage
         kind = _kind(marker, locations.read_text(locations.join(path, marker)))
         if kind is not None:
             return kind

@@ -202,11 +202,11 @@ def _read_chunk(array, index, asarray=True, lock=None, *, where):
     except Exception as e:
         rows = index[0] if isinstance(index, tuple) else index
         chunk = rows.start // array.chunks[0]
-        if isinstance(e, PermissionError) or locations.is_connection_error(e):  # the service, not the store
-            raise OSError(f"cannot read chunk {chunk} (rows {rows.start}-{rows.stop - 1}) of {where}: "
-                          f"{type(e).__name__}: {e}; the storage service refused or could not be reached") from e
+        service = isinstance(e, PermissionError) or locations.is_connection_error(e)  # not the store's fault
+        advice = "the storage service refused or could not be reached" if service else \
+            "the store is damaged, write it again"
         raise OSError(f"cannot read chunk {chunk} (rows {rows.start}-{rows.stop - 1}) of {where}: "
-                      f"{type(e).__name__}: {e}; the store is damaged, write it again") from e
+                      f"{type(e).__name__}: {e}; {advice}") from e
 
 
 def _check_chunks_present(z, location, where):
