@@ -368,10 +368,26 @@ def test_a_second_command_on_the_same_output_is_refused_and_the_first_finishes(m
     assert out.exists() and not partial_path(out).exists()
 
 
-def test_cache_yes_on_data_the_workers_cannot_hold_is_refused_up_front(mnist_test_store, tmp_path, capsys):
-    """7.8 MB of rows on two workers of 3 MiB: said at once, not after four KilledWorkers."""
-    code = main(["fit", str(mnist_test_store), "--k", "3", "--out", str(tmp_path / "run"), "--cache", "yes",
+def test_a_memory_limit_below_what_a_worker_uses_is_refused_not_a_hang(mnist_test_store, tmp_path, capsys):
+    """Workers of 3 MiB are paused by dask before their first task: every computation would wait for good."""
+    code = main(["fit", str(mnist_test_store), "--k", "3", "--out", str(tmp_path / "run"),
                  "--n-workers", "2", "--memory-limit", "3MiB", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith("distkm: error: --memory-limit must be more than a worker uses before any data: "
+                          "it is 3.00 MiB a worker, its process already uses "), err
+    assert "dask pauses a worker above 80% of its limit" in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_cache_yes_on_data_the_workers_cannot_hold_is_refused_up_front(mnist_test_store, tmp_path, capsys):
+    """7.8 MB of rows on two workers of 3 MiB: said at once, not after four KilledWorkers.
+
+    Workers this small would be paused by dask (the test above); with pausing off they run.
+    """
+    with dask.config.set({"distributed.worker.memory.pause": False}):
+        code = main(["fit", str(mnist_test_store), "--k", "3", "--out", str(tmp_path / "run"), "--cache", "yes",
+                     "--n-workers", "2", "--memory-limit", "3MiB", "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1, err
     assert "--cache: the data (7.48 MiB) cannot be held in the workers' memory (6.00 MiB in all)" in err, err

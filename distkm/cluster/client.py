@@ -16,7 +16,7 @@ from contextlib import contextmanager, nullcontext
 
 import dask.config
 from dask.system import CPU_COUNT
-from dask.utils import parse_bytes, parse_timedelta
+from dask.utils import format_bytes, parse_bytes, parse_timedelta
 from distributed import Client, LocalCluster
 from distributed.comm.addressing import parse_address, parse_host_port
 
@@ -83,6 +83,8 @@ def dask_client(scheduler=None, *, cluster_config=None, timeout=None, n_workers=
         link = {}
     with cluster, dask.config.set(link), Client(cluster) as client, report_lost_workers(client):
         dashboard.install(client)
+        if kind == "local":
+            _check_room_to_work(client)
         if n_expected:
             _wait_for_workers(client, n_expected, kind, section)
         yield client
@@ -261,6 +263,26 @@ def _local_cluster(settings, n_workers, threads_per_worker, memory_limit, *, pro
             # (a worker's "Compute Failed" with its traceback) would bury it.
             silence_logs=logging.CRITICAL,
         )
+
+
+def _check_room_to_work(client):
+    """Refuse a LocalCluster whose workers would be paused before their first task.
+
+    dask pauses a worker whose process uses more than
+    ``distributed.worker.memory.pause`` of its memory limit, and a paused
+    worker takes no task: with a limit below what the process already uses,
+    every computation would wait for good, without a word.
+    """
+    pause = dask.config.get("distributed.worker.memory.pause")
+    if not pause:
+        return
+    for worker in client.scheduler_info(n_workers=-1)["workers"].values():
+        limit, used = worker.get("memory_limit") or 0, worker.get("metrics", {}).get("memory", 0)
+        if limit and used >= pause * limit:
+            raise ValueError(f"memory_limit must be more than a worker uses before any data: it is "
+                             f"{format_bytes(limit)} a worker, its process already uses {format_bytes(used)}, and "
+                             f"dask pauses a worker above {pause:.0%} of its limit (every task would wait for "
+                             f"good); give each worker well over {format_bytes(used / pause)}")
 
 
 @contextmanager
