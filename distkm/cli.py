@@ -380,10 +380,11 @@ def _cache_flag(parser, when):
 # distkm quantize
 # --------------------------------------------------------------------------- #
 def _quantize(args):
-    from distkm.apps.quantize import quantize
+    from distkm.apps.quantize import check_request, quantize
 
     start = time.perf_counter()
     _local_output(args.out, "quantize")
+    check_request(args.source, args.out, args.k, overwrite=args.overwrite)  # before a cluster starts
     with _client(args, report_file=_report_beside(args.out)):
         if not args.quiet:
             print(f"quantizing {args.source} to {args.k} colours", flush=True)

@@ -98,35 +98,26 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=Non
     QuantizeResult
     """
     source, out = Path(source), Path(out)
-    if not source.exists():
-        raise FileNotFoundError(f"no image or folder at {str(source)!r}")
-    if isinstance(k, bool) or int(k) != k or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
+    inputs, shapes = check_request(source, out, k, overwrite=overwrite)
     with ExitStack() as stack:
         if source.is_dir():
-            inputs = list_images(source)[0]
             # The whole output folder appears at once, when every image is written.
             folder = stack.enter_context(atomic_output(out, overwrite=overwrite, inputs=[source]))
             outputs = [folder / p.relative_to(source).with_suffix(".png") for p in inputs]
             palette_stem, work_parent = folder / "palette", out.parent
         else:
-            if out.suffix.lower() not in IMAGE_SUFFIXES:
-                raise ValueError(f"out must name an image file ({', '.join(sorted(IMAGE_SUFFIXES))}), "
-                                 f"got {str(out)!r}")
-            inputs, outputs = [source], [out]
-            palette_stem, work_parent = out.with_name(out.stem + "-palette"), out.parent
+            outputs = [out]
+            palette_stem, work_parent = _palette_stem(out), out.parent
             stack.enter_context(output_lock(out))
-            for path in (out, palette_stem.with_suffix(".json"), palette_stem.with_suffix(".png")):
+            for path in _file_outputs(out):  # again, now that no other command can write them
                 check_output_path(path, overwrite=overwrite, inputs=[source])
         work_parent.mkdir(parents=True, exist_ok=True)
         # The pixels live in a hidden folder beside the outputs: on a cluster, storage every worker sees.
         work = Path(tempfile.mkdtemp(prefix=f".{out.name}.quantize-", dir=work_parent))
         stack.callback(shutil.rmtree, work, ignore_errors=True)
-        shapes = _write_pixels(inputs, work / "pixels.zarr", chunk_pixels or config.get_int("quantize-chunk-pixels"))
+        _write_pixels(inputs, shapes, work / "pixels.zarr", chunk_pixels or config.get_int("quantize-chunk-pixels"))
         pixels = open_store(work / "pixels.zarr").images
         n = pixels.shape[0]
-        if n < k:
-            raise ValueError(f"the image(s) have {n} pixels, fewer than k={k} colours")
         model = KMeans(n_clusters=k, random_state=seed, max_iter=max_iter, tol=tol, dtype="float32").fit(pixels)
         palette = np.clip(np.rint(model.cluster_centers_.astype(np.float64)), 0, 255).astype(np.uint8)
         recoloured = _recolour(pixels, model, palette, work / "recoloured.zarr")
@@ -140,20 +131,65 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=Non
     return QuantizeResult(palette, shares, written, palette_files, n, int(model.n_iter_), float(model.inertia_))
 
 
+def check_request(source, out, k, *, overwrite=False):
+    """Refuse, before any pixel is read or any cluster started, what :func:`quantize` would refuse.
+
+    Reads only the images' headers.
+
+    Returns
+    -------
+    inputs : list of Path
+        The images, in order.
+    shapes : list of (height, width)
+        Their sizes as they will be decoded.
+    """
+    source, out = Path(source), Path(out)
+    if not source.exists():
+        raise FileNotFoundError(f"no image or folder at {str(source)!r}")
+    if isinstance(k, bool) or int(k) != k or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if source.is_dir():
+        inputs, outputs = list_images(source)[0], [out]
+    else:
+        if out.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"out must name an image file ({', '.join(sorted(IMAGE_SUFFIXES))}), "
+                             f"got {str(out)!r}")
+        inputs, outputs = [source], _file_outputs(out)
+    for path in outputs:
+        check_output_path(path, overwrite=overwrite, inputs=[source])
+    shapes = [_decoded_shape(p) for p in inputs]
+    n = sum(h * w for h, w in shapes)
+    if n < k:
+        raise ValueError(f"the image(s) have {n} pixels, fewer than k={k} colours")
+    return inputs, shapes
+
+
+def _palette_stem(out):
+    return out.with_name(out.stem + "-palette")
+
+
+def _file_outputs(out):
+    """What quantizing one image into ``out`` writes: the image and its palette as JSON and PNG."""
+    stem = _palette_stem(out)
+    return [out, stem.with_suffix(".json"), stem.with_suffix(".png")]
+
+
+def _decoded_shape(path):
+    """(height, width) of an image as it will be decoded, from its header alone."""
+    with open_image(path) as img:
+        width, height = img.size
+        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations by 90 degrees swap the sides
+            width, height = height, width
+    return height, width
+
+
 def _load_rgb(path):
     with open_image(path) as img:
         return np.asarray(decoded(img, "RGB", path))
 
 
-def _write_pixels(inputs, path, chunk_pixels):
-    """Append the pixels of every image into one (n, 3) uint8 zarr array; returns the image shapes."""
-    shapes = []
-    for p in inputs:
-        with open_image(p) as img:  # the header only: sizes first, so the array is made once
-            width, height = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations by 90 degrees swap the sides
-                width, height = height, width
-        shapes.append((height, width))
+def _write_pixels(inputs, shapes, path, chunk_pixels):
+    """Append the pixels of every image (of the sizes their headers gave) into one (n, 3) uint8 zarr array."""
     n = sum(h * w for h, w in shapes)
     group = zarr.open_group(path, mode="w", zarr_format=3)
     images = group.create_array("images", shape=(n, 3), chunks=(chunk_pixels, 3), dtype="uint8",
@@ -182,7 +218,6 @@ def _write_pixels(inputs, path, chunk_pixels):
     if carry.shape[0]:
         images[start:start + carry.shape[0]] = carry
     group.attrs["distkm"] = {"complete": True, "image_shapes": [list(s) for s in shapes]}
-    return shapes
 
 
 def _recolour(pixels, model, palette, path):
