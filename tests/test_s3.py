@@ -133,7 +133,7 @@ def test_augment_to_s3_matches_augment_on_disk(s3, s3_mnist, mnist_store, tmp_pa
 def test_interrupted_augment_to_s3_resumes(s3, s3_mnist):
     """An augment killed midway keeps its chunks in OUT.partial; the same command finishes them, same bytes."""
     out, whole = f"s3://{s3.bucket}/aug-resumed.zarr", f"s3://{s3.bucket}/aug-whole.zarr"
-    args = ["augment", s3_mnist, "--split", "test", "--n", 40000, "--seed", 2, "--chunk-rows", 1000, "--quiet",
+    args = ["augment", s3_mnist, "--split", "test", "--n", 8000, "--seed", 2, "--chunk-rows", 1000, "--quiet",
             "--n-workers", 1]
     first = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "distkm"), *map(str, args), "--out", out],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -144,11 +144,12 @@ def test_interrupted_augment_to_s3_resumes(s3, s3_mnist):
     os.killpg(first.pid, signal.SIGKILL)  # the command and its workers, mid-generation
     first.wait()
     written = len(objects(s3, "aug-resumed.zarr.partial/images/c/"))
-    assert 3 <= written < 50 and not objects(s3, "aug-resumed.zarr/")
+    assert written >= 3 and not objects(s3, "aug-resumed.zarr/")
     second = distkm(*args[:-3], "--out", out)
     assert second.returncode == 0, second.stderr
     assert "resumed with" in second.stdout
     assert distkm(*args, "--out", whole).returncode == 0
+    assert written < len(objects(s3, "aug-whole.zarr/images/c/"))  # it was killed midway, not at the end
     np.testing.assert_array_equal(open_store(out).images.compute(), open_store(whole).images.compute())
     assert not objects(s3, "aug-resumed.zarr.partial/")
 
