@@ -403,19 +403,20 @@ def _quantize(args):
 # distkm augment
 # --------------------------------------------------------------------------- #
 def _augment(args):
-    from distkm.apps.augment import augment_store
+    from distkm.apps.augment import augment_store, check_request
     from distkm.io import locations
     from distkm.io.outputs import OutputBusyError, partial_path
 
     shape = tuple(int(v) for v in args.image_shape.lower().split("x")) if args.image_shape else None
+    settings = dict(seed=args.seed, split=args.split, chunk_rows=args.chunk_rows, compressor=args.compressor,
+                    originals=not args.no_originals, strength=args.strength, image_shape=shape,
+                    overwrite=args.overwrite)
+    check_request(args.source, args.out, args.n, **settings)  # before a cluster starts
     try:
         with _client(args):
             if not args.quiet:
                 print(f"generating {args.n:,} rows from {args.source} into {args.out}", flush=True)
-            result = augment_store(args.source, args.out, args.n, seed=args.seed, split=args.split,
-                                   chunk_rows=args.chunk_rows, compressor=args.compressor,
-                                   originals=not args.no_originals, strength=args.strength, image_shape=shape,
-                                   overwrite=args.overwrite, progress=not args.quiet)
+            result = augment_store(args.source, args.out, args.n, progress=not args.quiet, **settings)
     except OutputBusyError:  # the partial store is the other command's
         raise
     except BaseException:

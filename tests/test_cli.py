@@ -197,6 +197,27 @@ def test_bad_input_one_line_error_nonzero_exit_nothing_written(tmp_path, capsys,
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing left behind
 
 
+@pytest.mark.parametrize("args, message", [
+    (["augment", "{tmp}/missing.zarr", "--n", "10", "--out", "{tmp}/aug.zarr"], "no zarr store at"),
+    (["augment", "{store}", "--n", "10", "--split", "nope", "--out", "{tmp}/aug.zarr"], "has no split 'nope'"),
+    (["augment", "{store}", "--n", "10", "--out", "{store}/aug.zarr"], "inside"),
+    (["quantize", "{tmp}/missing.png", "--k", "2", "--out", "{tmp}/q.png"], "no image or folder at"),
+    (["quantize", "{tmp}/tiny.png", "--k", "5", "--out", "{tmp}/q.png"], "4 pixels, fewer than k=5 colours"),
+    (["quantize", "{tmp}/tiny.png", "--k", "2", "--out", "{tmp}/q.txt"], "out must name an image file"),
+])
+def test_bad_input_is_refused_before_a_cluster_starts(tmp_path, capsys, mnist_test_store, args, message):
+    """What can be checked from metadata and headers is, before any worker starts (no dashboard line)."""
+    from PIL import Image
+
+    Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(tmp_path / "tiny.png")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = main([a.format(tmp=tmp_path, store=mnist_test_store) for a in args])
+    out, err = capsys.readouterr()
+    assert code == 1 and err.count("\n") == 1 and err.startswith("distkm: error: ") and message in err, err
+    assert "Dask dashboard" not in out and "generating" not in out and "quantizing" not in out, out
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_overwrite_replaces_the_run_once_complete(tmp_path, mnist_test_store, mnist_test):
     out = tmp_path / "run"
     np.save(tmp_path / "init.npy", random_rows(mnist_test[0], 4))

@@ -135,11 +135,9 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
         ``bytes_raw``, ``compression_ratio``.
     """
     start = time.perf_counter()
-    plan = _plan(source, out, n, seed=seed, split=split, chunk_rows=chunk_rows, compressor=compressor,
-                 originals=originals, strength=strength, image_shape=image_shape)
+    plan = check_request(source, out, n, seed=seed, split=split, chunk_rows=chunk_rows, compressor=compressor,
+                         originals=originals, strength=strength, image_shape=image_shape, overwrite=overwrite)
     work = partial_path(out)
-    check_output_path(out, overwrite=overwrite, inputs=[source])
-    check_not_an_input(work, [source])
     with output_lock(out):  # a second augment to the same output is refused, not raced
         resumed = _resume_or_create(work, plan)
         done = chunks_done(work)
@@ -156,7 +154,25 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
             "compression_ratio": raw / max(size, 1)}
 
 
-def _plan(source, out, n, *, seed, split, chunk_rows, compressor, originals, strength, image_shape):
+def check_request(source, out, n, *, seed=0, split=None, chunk_rows=None, compressor=None, originals=True,
+                  strength=1.0, image_shape=None, overwrite=False):
+    """Refuse, before a cluster starts or a chunk is written, what :func:`augment_store` would refuse.
+
+    Parameters are those of :func:`augment_store`; only the source's metadata is read.
+
+    Returns
+    -------
+    AugmentPlan
+        What the generation will write, chunk by chunk.
+    """
+    plan = _plan(source, n, seed=seed, split=split, chunk_rows=chunk_rows, compressor=compressor,
+                 originals=originals, strength=strength, image_shape=image_shape)
+    check_output_path(out, overwrite=overwrite, inputs=[source])
+    check_not_an_input(partial_path(out), [source])
+    return plan
+
+
+def _plan(source, n, *, seed, split, chunk_rows, compressor, originals, strength, image_shape):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive number of rows, got {n!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
