@@ -153,8 +153,7 @@ class FitJob:
             "command_seconds": time.perf_counter() - self._created}})
         known = None if tables is None else {fitted_split: tables}
         evaluation = report_run(self.work, self.model, meta, self.store, evaluate=evaluate, pictures=pictures,
-                                name=self.out,
-                                seed=seed, known=known)
+                                name=self.out, seed=seed, known=known)
         return meta, evaluation
 
     def publish(self):
