@@ -221,7 +221,7 @@ def _evaluate(args):
     from distkm.estimator import load_model
     from distkm.evaluation.report import report_run
     from distkm.io import locations
-    from distkm.io.outputs import staged_locally
+    from distkm.io.outputs import check_not_an_input, staged_locally
     from distkm.io.stores import open_store
 
     start = time.perf_counter()
@@ -229,6 +229,8 @@ def _evaluate(args):
     data = args.data or meta.get("data", {}).get("path")
     if not data:
         raise ValueError(f"{args.run}/model.json does not say which store it was fitted on; pass --data STORE")
+    for written in ("pictures", "evaluation.json", "report.md"):  # what evaluate replaces in the run
+        check_not_an_input(locations.join(args.run, written), [data])
     store = open_store(data)
     if store.images.shape[1] != model.n_features_in_:
         raise ValueError(f"store {data!r} has {store.images.shape[1]} features per row, "
@@ -313,7 +315,9 @@ def _report_beside(out):
 def _parse_init(value):
     if value in ("k-means++", "k-means||", "random"):
         return value
-    path = Path(value)
+    from distkm.io import locations
+
+    path = locations.local_path(value)
     if path.is_dir():
         from distkm.estimator import load_model
 
@@ -459,6 +463,13 @@ def _predict(args):
 # --------------------------------------------------------------------------- #
 # argument parsing
 # --------------------------------------------------------------------------- #
+def _location(text):
+    """A path argument as distkm reads it: a URL as given, a local path without ``file://``."""
+    from distkm.io import locations
+
+    return str(locations.location(text))
+
+
 def _positive_int(text):
     value = int(text)
     if value < 1:
@@ -504,9 +515,10 @@ def _parser():
     ingest.add_argument("dataset", choices=["mnist", "fashion-mnist", "folder"],
                         help="mnist or fashion-mnist (downloaded into distkm.data-cache when not found locally), "
                              "or folder: a folder of images (--source)")
-    ingest.add_argument("--out", required=True, help="zarr store to create, e.g. data/mnist.zarr")
-    ingest.add_argument("--source", help="folder with the IDX .gz files (default: the dataset's known places, else "
-                                         "the download cache), or the folder of images for `folder`")
+    ingest.add_argument("--out", required=True, type=_location, help="zarr store to create, e.g. data/mnist.zarr")
+    ingest.add_argument("--source", type=_location,
+                        help="folder with the IDX .gz files (default: the dataset's known places, else "
+                             "the download cache), or the folder of images for `folder`")
     ingest.add_argument("--chunk-rows", type=_positive_int, help="rows per chunk (default distkm.chunk-rows)")
     ingest.add_argument("--compressor", help="Blosc CNAME[:LEVEL[:SHUFFLE]] (default distkm.compressor)")
     ingest.add_argument("--size", default="28x28", help="folder: HEIGHTxWIDTH of every image (default 28x28)")
@@ -523,9 +535,9 @@ def _parser():
                              "into the output folder (beside the output, for predict and quantize)")
 
     fit = sub.add_parser("fit", parents=[common, cluster, report], help="cluster a store; write a run folder")
-    fit.add_argument("store", help="zarr store with an 'images' array")
+    fit.add_argument("store", type=_location, help="zarr store with an 'images' array")
     fit.add_argument("--k", type=int, required=True, help="number of clusters")
-    fit.add_argument("--out", required=True, help="run folder to create, e.g. runs/mnist-k10")
+    fit.add_argument("--out", required=True, type=_location, help="run folder to create, e.g. runs/mnist-k10")
     fit.add_argument("--split", help="use only this split of the store (train, test)")
     fit.add_argument("--init", default="k-means++",
                      help="k-means++ (on a sample), k-means|| (over all rows), random, a .npy file or a run folder")
@@ -550,8 +562,9 @@ def _parser():
 
     evaluate = sub.add_parser("evaluate", parents=[common, cluster, report],
                               help="score a run against the true labels, on every split; pictures and report")
-    evaluate.add_argument("run", help="run folder written by distkm fit")
-    evaluate.add_argument("--data", help="labelled store to evaluate on (default: the store the run was fitted on)")
+    evaluate.add_argument("run", type=_location, help="run folder written by distkm fit")
+    evaluate.add_argument("--data", type=_location,
+                          help="labelled store to evaluate on (default: the store the run was fitted on)")
     evaluate.add_argument("--members", type=int, help="members pictured per cluster (default distkm.members)")
     evaluate.add_argument("--silhouette-sample", type=int,
                           help="rows sampled per split for the silhouette score (default distkm.silhouette-sample; "
@@ -562,9 +575,9 @@ def _parser():
 
     sweeper = sub.add_parser("sweep", parents=[common, cluster, report],
                              help="fit and score several k on one store: a table and an elbow plot")
-    sweeper.add_argument("store", help="zarr store with an 'images' array (and labels for the scores)")
+    sweeper.add_argument("store", type=_location, help="zarr store with an 'images' array (and labels for the scores)")
     sweeper.add_argument("--k", required=True, help="comma-separated list, e.g. 2,5,8,10,12,16,20,25,64,256")
-    sweeper.add_argument("--out", required=True, help="folder to create, e.g. runs/sweep")
+    sweeper.add_argument("--out", required=True, type=_location, help="folder to create, e.g. runs/sweep")
     sweeper.add_argument("--split", help="split to fit on (default: train when the store has one)")
     sweeper.add_argument("--seed", type=int, default=0, help="random seed of every fit and of the scores' sample")
     sweeper.add_argument("--max-iter", type=int, default=300, help="most Lloyd iterations of each fit")
@@ -583,9 +596,10 @@ def _parser():
 
     quant = sub.add_parser("quantize", parents=[common, cluster, report],
                            help="reduce an image (or a folder of images) to k colours found by k-means")
-    quant.add_argument("source", help="an image file, or a folder of images (one palette for all)")
+    quant.add_argument("source", type=_location, help="an image file, or a folder of images (one palette for all)")
     quant.add_argument("--k", type=_positive_int, required=True, help="number of colours")
-    quant.add_argument("--out", required=True, help="output image (for a file) or folder (for a folder)")
+    quant.add_argument("--out", required=True, type=_location,
+                       help="output image (for a file) or folder (for a folder)")
     quant.add_argument("--seed", type=int, default=0, help="seed of the k-means++ initialisation")
     quant.add_argument("--max-iter", type=int, default=300, help="most Lloyd iterations")
     quant.add_argument("--chunk-pixels", type=_positive_int,
@@ -597,10 +611,11 @@ def _parser():
 
     augment = sub.add_parser("augment", parents=[common, cluster],
                              help="generate a bigger store by distorting a store's images, on the cluster")
-    augment.add_argument("source", help="distkm store to draw images from, e.g. data/mnist.zarr")
+    augment.add_argument("source", type=_location, help="distkm store to draw images from, e.g. data/mnist.zarr")
     augment.add_argument("--n", type=int, required=True,
                          help="rows to generate (originals first); with --split, the source's other splits follow")
-    augment.add_argument("--out", required=True, help="store to create (generated at OUT.partial, resumable)")
+    augment.add_argument("--out", required=True, type=_location,
+                         help="store to create (generated at OUT.partial, resumable)")
     augment.add_argument("--seed", type=int, default=0, help="chunk i depends only on (source, seed, i)")
     augment.add_argument("--split", help="draw only from this split of the source (e.g. train); the new store keeps "
                                          "its name for the generated rows and carries the other splits (test) over "
@@ -615,9 +630,9 @@ def _parser():
 
     predict = sub.add_parser("predict", parents=[common, cluster, report],
                              help="assign the rows of a store to a run's clusters")
-    predict.add_argument("run", help="run folder written by distkm fit")
-    predict.add_argument("store", help="zarr store with an 'images' array")
-    predict.add_argument("--out", required=True, help="zarr array of labels to create")
+    predict.add_argument("run", type=_location, help="run folder written by distkm fit")
+    predict.add_argument("store", type=_location, help="zarr store with an 'images' array")
+    predict.add_argument("--out", required=True, type=_location, help="zarr array of labels to create")
     predict.add_argument("--split", help="use only this split of the store")
     predict.add_argument("--overwrite", action="store_true",
                          help="replace an existing labels array (one distkm wrote) once the new one is done")

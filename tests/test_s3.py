@@ -119,6 +119,35 @@ def test_cli_run_on_s3_then_predict_and_evaluate_it(s3, s3_mnist, tmp_path):
     assert refused.returncode == 1 and "is the input" in refused.stderr
 
 
+def bucket_md5(s3, prefix=""):
+    """md5 of every object under ``prefix``."""
+    return {key: hashlib.md5(s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()).hexdigest()
+            for key in objects(s3, prefix)}
+
+
+def test_the_input_under_another_protocol_name_is_refused(s3, s3_mnist):
+    """s3a:// is s3:// (one fsspec filesystem): an output over the input store or over the model's run,
+    spelled with the other name, is refused in one line, and every object is left as it was."""
+    run = f"s3://{s3.bucket}/runs/alias"
+    result = distkm("fit", s3_mnist, "--split", "test", "--k", 2, "--seed", 0, "--max-iter", 2, "--out", run,
+                    "--quiet", "--no-evaluate", "--no-pictures")
+    assert result.returncode == 0, result.stderr
+    before = bucket_md5(s3)
+    alias_store, alias_run = s3_mnist.replace("s3://", "s3a://"), run.replace("s3://", "s3a://")
+    for args, expected in [
+        (["fit", s3_mnist, "--split", "test", "--k", 2, "--out", alias_store, "--overwrite"], "is the input"),
+        (["fit", alias_store, "--split", "test", "--k", 2, "--out", s3_mnist, "--overwrite"], "is the input"),
+        (["fit", alias_store, "--split", "test", "--k", 2, "--out", f"{s3_mnist}/run"], "lies inside the input"),
+        (["predict", run, s3_mnist, "--split", "test", "--out", alias_run, "--overwrite"], "is the input"),
+        (["predict", alias_run, s3_mnist, "--split", "test", "--out", run, "--overwrite"], "is the input"),
+        (["augment", alias_store, "--n", 20000, "--out", s3_mnist, "--overwrite"], "is the input"),
+    ]:
+        result = distkm(*args, "--quiet")
+        assert result.returncode == 1 and result.stderr.count("\n") == 1 and expected in result.stderr, \
+            (args, result.stderr)
+    assert bucket_md5(s3) == before
+
+
 def test_augment_to_s3_matches_augment_on_disk(s3, s3_mnist, mnist_store, tmp_path):
     args = ["--split", "test", "--n", 3000, "--seed", 5, "--chunk-rows", 1000, "--quiet"]
     remote, local = f"s3://{s3.bucket}/aug.zarr", tmp_path / "aug.zarr"

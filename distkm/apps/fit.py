@@ -76,7 +76,7 @@ class FitJob:
         self.start, self.stop = self.store.bounds(split)
         self.x = self.store.images[self.start:self.stop]
         self.remote = locations.is_url(out)
-        self.out, self.overwrite = (out if self.remote else Path(out)), overwrite
+        self.out, self.overwrite = locations.location(out), overwrite
         inputs = [store, *inputs]
         check_output_path(out, overwrite=overwrite, inputs=inputs)
         self.stage = locations.temporary_url(out, "partial") if self.remote else partial_path(out)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from distkm import config
 from distkm.engine.passes import run_chunk_tasks
+from distkm.io import locations
 from distkm.io.folders import FITS, MODES, list_images, load_image
 from distkm.io.outputs import atomic_output
 from distkm.io.stores import blosc_compressor, create_store, mark_complete, write_chunk
@@ -35,7 +35,7 @@ def ingest_image_folder(folder, out, *, size=(28, 28), mode="L", fit="pad", inve
     attrs = {
         "image_shape": image_shape,
         "splits": {},
-        "source": {"folder": str(Path(folder).resolve()), "files": len(files)},
+        "source": {"folder": locations.recorded(folder), "files": len(files)},
         "transforms": {"mode": mode, "fit": fit, "size": list(size), "resample": "lanczos", "invert": invert,
                        "exif_transpose": True},
     }

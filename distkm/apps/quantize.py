@@ -29,6 +29,7 @@ from dask.base import tokenize
 
 from distkm import config
 from distkm.estimator import KMeans
+from distkm.io import locations
 from distkm.io.folders import decoded, list_images, open_image
 from distkm.io.outputs import atomic_output, check_output_path, output_lock, write_text_atomic
 from distkm.io.stores import blosc_compressor, open_store
@@ -97,7 +98,7 @@ def quantize(source, out, k, *, seed=0, max_iter=300, tol=1e-4, chunk_pixels=Non
     -------
     QuantizeResult
     """
-    source, out = Path(source), Path(out)
+    source, out = locations.local_path(source), locations.local_path(out)
     inputs, shapes = check_request(source, out, k, overwrite=overwrite)
     with ExitStack() as stack:
         if source.is_dir():
@@ -143,7 +144,7 @@ def check_request(source, out, k, *, overwrite=False):
     shapes : list of (height, width)
         Their sizes as they will be decoded.
     """
-    source, out = Path(source), Path(out)
+    source, out = locations.local_path(source), locations.local_path(out)
     if not source.exists():
         raise FileNotFoundError(f"no image or folder at {str(source)!r}")
     if isinstance(k, bool) or int(k) != k or k < 1:

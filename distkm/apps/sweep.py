@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import time
-from pathlib import Path
 
 import dask.array as da
 from dask.utils import format_bytes
@@ -121,7 +120,7 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
                 row["test_accuracy"] = evaluation.splits[held_out[0]].scores["accuracy"]
                 row["test_split"] = held_out[0]
         if out is not None:
-            run_dir = Path(out) / f"k={k:03d}"
+            run_dir = locations.local_path(out) / f"k={k:03d}"
             run_dir.mkdir()
             data = {"path": locations.recorded(store.path), "split": split, "array": "images",
                     "n_samples": int(x.shape[0]), "n_features": int(x.shape[1])}
@@ -147,7 +146,7 @@ def format_table(rows, *, markdown=False):
 
 def write_sweep(out, rows, *, store, split, pictures=True):
     """Write ``sweep.json``, ``sweep.md``, ``sweep.csv`` and ``elbow.png`` into ``out``."""
-    out = Path(out)
+    out = locations.local_path(out)
     doc = {"store": locations.recorded(store.path), "split": split, "rows": rows}
     write_text_atomic(out / "sweep.json", json.dumps(doc, indent=2) + "\n")
     keys = [key for key, _, _ in COLUMNS if any(r.get(key) is not None for r in rows)]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from distkm.io import locations
 from distkm.io.outputs import write_text_atomic
 from distkm.io.stores import printable
 
@@ -113,7 +114,7 @@ def write_run_report(run_dir, meta, model, evaluation=None, *, image_shape=None,
     dict of str -> list of Path
         The pictures written, by kind.
     """
-    run_dir = Path(run_dir)
+    run_dir = locations.local_path(run_dir)
     if evaluation is not None:
         evaluation.write_json(run_dir / "evaluation.json")
     drawn = {}

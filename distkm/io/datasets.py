@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from distkm import config
+from distkm.io import locations
 from distkm.io.outputs import atomic_output
 from distkm.io.stores import STORE_FORMAT_VERSION, compressor_settings, write_store
 
@@ -148,7 +149,7 @@ def find_idx_source(dataset, source=None):
         Splits whose image and label files both exist.
     """
     spec = DATASETS[dataset]
-    candidates = [Path(source)] if source is not None else search_dirs(dataset)
+    candidates = [locations.local_path(source)] if source is not None else search_dirs(dataset)
     for folder in candidates:
         present = [s for s, files in spec.splits.items() if all((folder / f).is_file() for f in files)]
         if present:

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 
 from distkm import config
+from distkm.io import locations
 
 logger = logging.getLogger("distkm")
 
@@ -29,7 +29,7 @@ MODES = {"L": 1, "RGB": 3}
 
 def list_images(folder):
     """Image files under ``folder`` (sorted), and their label names if all sit in first-level subfolders."""
-    folder = Path(folder)
+    folder = locations.local_path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"no folder at {str(folder)!r}")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -20,8 +20,8 @@ import logging
 import re
 import uuid
 from contextlib import contextmanager
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from distkm import config
 
@@ -29,15 +29,84 @@ from distkm import config
 MARKERS = ("zarr.json", "model.json", "sweep.json")
 
 
+def _scheme(path):
+    """The protocol ``path`` is spelled with (lower case), or ``None`` for a plain path."""
+    match = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*):", path) if isinstance(path, str) else None
+    return match[1].lower() if match else None
+
+
+def _implementation(scheme):
+    """The fsspec class that serves ``scheme``, by name (its package need not be installed).
+
+    Aliases share one: ``s3``/``s3a``, ``gs``/``gcs``, ``abfs``/``az``, ``file``/``local``.
+    """
+    import fsspec
+    from fsspec.registry import known_implementations
+
+    try:
+        cls = fsspec.get_filesystem_class(scheme)
+    except (ImportError, ValueError):  # not installed (then named as fsspec knows it), or unknown
+        return known_implementations.get(scheme, {}).get("class", scheme)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _is_local_scheme(scheme):
+    return _implementation(scheme) == "fsspec.implementations.local.LocalFileSystem"
+
+
 def is_url(path):
-    """Whether ``path`` names a location through a protocol (``s3://...``), not a local path."""
-    return isinstance(path, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) is not None \
-        and not path.startswith("file://")
+    """Whether ``path`` names a location through a protocol (``s3://...``), not a local path.
+
+    ``file://`` and fsspec's other names of the local filesystem (``local://``) are local paths.
+    """
+    if not isinstance(path, str) or re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path) is None:
+        return False
+    return not _is_local_scheme(_scheme(path))
 
 
 def local_path(path):
-    """A local path as :class:`~pathlib.Path` (``file://`` stripped)."""
-    return Path(str(path).removeprefix("file://"))
+    """A local path as :class:`~pathlib.Path`: ``file:///abs``, ``file:rel`` and ``local://...`` lose their
+    protocol, as fsspec reads them (``file://rel`` is the relative path ``rel``)."""
+    text = str(path)
+    scheme = _scheme(text)
+    if scheme is not None and len(scheme) > 1 and _is_local_scheme(scheme):  # len 1: a Windows drive letter
+        text = re.sub(r"^[^:]+:(//)?", "", text)
+    return Path(text)
+
+
+def location(path):
+    """``path`` as distkm handles it everywhere: a URL string (``s3://...``) or a local :class:`~pathlib.Path`.
+
+    The one door for every path a user gives, input or output, so that
+    ``file:///abs/run`` lands in ``/abs/run`` and not in ``./file:/abs/run``.
+    """
+    return str(path) if is_url(path) else local_path(path)
+
+
+def canonical(path):
+    """What ``path`` names, however it is spelled: a :class:`~pathlib.PurePosixPath` to compare locations by.
+
+    Its first part names the filesystem (the fsspec class serving the protocol,
+    so aliases such as ``s3``/``s3a`` or ``gs``/``gcs`` are one), the rest the
+    path inside it: a local path (also ``file://`` or relative) resolved with
+    its links followed; a URL without credentials, through its filesystem's own
+    protocol stripping, with empty and ``.`` parts dropped. Two spellings of one
+    place compare equal, and one place inside another has it among its parents.
+    """
+    if not is_url(path):
+        return PurePosixPath("/", "file", *local_path(path).resolve().parts[1:])
+    url = public_url(path)
+    scheme = _scheme(url)
+    implementation = _implementation(scheme)
+    try:
+        import fsspec
+
+        inner = fsspec.get_filesystem_class(scheme)._strip_protocol(url)
+    except (ImportError, ValueError):  # its package is missing: the URL cannot be opened, only compared
+        inner = url.split("://", 1)[1]
+    if "://" in inner:  # filesystems that keep the whole URL as their path (http): compare what follows
+        inner = inner.split("://", 1)[1]
+    return PurePosixPath("/", implementation, *(part for part in inner.split("/") if part not in ("", ".")))
 
 
 def storage_options(url):
@@ -88,7 +157,8 @@ def public_url(path):
     host = parts.hostname or ""
     if parts.port:
         host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme}://{host}{parts.path}{query}"  # "://" kept where the host is empty (memory:///x)
 
 
 def recorded(path):

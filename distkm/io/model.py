@@ -16,7 +16,6 @@ import datetime
 import json
 import platform
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import numpy as np
 import zarr
@@ -54,7 +53,7 @@ def save_model(run_dir, model, *, data=None, extra=None):
     extra : dict, optional
         More JSON-serialisable entries (timings...).
     """
-    run_dir = Path(run_dir)
+    run_dir = locations.local_path(run_dir)
     centers = np.asarray(model.cluster_centers_)
     # overwrite: a resumed fit writes the model again over what a killed attempt left (a run folder in the
     # making, OUT.partial; a finished run folder is never written in place).

@@ -35,7 +35,9 @@ def check_output_path(path, *, overwrite=False, inputs=()):
         (:func:`written_by_distkm`): never an arbitrary file or folder.
     inputs : iterable of str or Path
         The inputs of the command: the output may not be one of them, hold
-        one, or lie inside one (compared as resolved paths, links followed).
+        one, or lie inside one, however either is spelled (compared by
+        :func:`distkm.io.locations.canonical`: links followed, ``file://`` and
+        protocol aliases such as ``s3a://`` resolved).
 
     Raises
     ------
@@ -59,7 +61,7 @@ def check_output_path(path, *, overwrite=False, inputs=()):
                                       "to replace it")
             _check_replaceable(path)
         return
-    path = Path(path)
+    path = locations.local_path(path)
     check_not_an_input(path, inputs)
     if path.exists() or path.is_symlink():
         if not overwrite:
@@ -72,18 +74,18 @@ def check_output_path(path, *, overwrite=False, inputs=()):
 
 
 def check_not_an_input(path, inputs):
-    """Refuse an output that is, contains, or lies inside one of ``inputs`` (resolved paths).
+    """Refuse an output that is, contains, or lies inside one of ``inputs``, however either is spelled.
 
     Raises
     ------
     ValueError
         Naming the output, the input and how they overlap.
     """
-    out = _comparable(path)
+    out = locations.canonical(path)
     for given in inputs:
         if given is None:
             continue
-        source = _comparable(given)
+        source = locations.canonical(given)
         if out == source:
             how = "is"
         elif out in source.parents:
@@ -96,17 +98,6 @@ def check_not_an_input(path, inputs):
                          "an output may never replace, hold or sit inside an input; choose another output")
 
 
-def _comparable(path):
-    """``path`` resolved, as a :class:`~pathlib.PurePosixPath` (a URL: its protocol, host and path, normalised)."""
-    from pathlib import PurePosixPath
-    from urllib.parse import urlsplit
-
-    if not locations.is_url(path):
-        return Path(path).resolve()
-    parts = urlsplit(locations.public_url(path))
-    return PurePosixPath("/", parts.scheme + ":", parts.netloc, *parts.path.strip("/").split("/"))
-
-
 def written_by_distkm(path):
     """What distkm output ``path`` is (``"store"``, ``"run folder"``...), or ``None`` for anything else.
 
@@ -115,13 +106,15 @@ def written_by_distkm(path):
     ``distkm-model``), a sweep folder (``sweep.json``), a quantize folder or
     image (named by a distkm palette JSON).
     """
-    if not locations.is_url(path) and (Path(path).is_symlink() or not Path(path).is_dir()):
-        return _written_file(Path(path))
+    if not locations.is_url(path):
+        path = locations.local_path(path)
+        if path.is_symlink() or not path.is_dir():
+            return _written_file(path)
     for marker in locations.MARKERS:  # a folder, or a prefix on object storage
         kind = _kind(marker, locations.read_text(locations.join(path, marker)))
         if kind is not None:
             return kind
-    if not locations.is_url(path) and _is_palette(Path(path) / "palette.json"):
+    if not locations.is_url(path) and _is_palette(path / "palette.json"):
         return "quantize folder"
     return None
 
@@ -207,7 +200,7 @@ def output_lock(path):
     if locations.is_url(path):
         yield
         return
-    path = Path(path)
+    path = locations.local_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(f".{path.name}.lock")
     while True:
@@ -252,7 +245,7 @@ def atomic_output(path, *, overwrite=False, inputs=()):
     if locations.is_url(path):
         yield from _atomic_url(path, overwrite=overwrite, inputs=inputs)
         return
-    path = Path(path)
+    path = locations.local_path(path)
     check_output_path(path, overwrite=overwrite, inputs=inputs)
     with output_lock(path):
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -292,7 +285,7 @@ def staged_locally(path):
     """A local folder to write ``path``'s files into: ``path`` itself, or, for a URL, a temporary
     folder uploaded under it when the block succeeds (for outputs only the client writes)."""
     if not locations.is_url(path):
-        yield Path(path)
+        yield locations.local_path(path)
         return
     folder = Path(tempfile.mkdtemp(prefix="distkm-stage-"))
     try:
@@ -304,7 +297,7 @@ def staged_locally(path):
 
 def write_text_atomic(path, text):
     """Write a small text file (JSON, Markdown) whole or not at all: a temporary file, then a rename."""
-    path = Path(path)
+    path = locations.local_path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
@@ -320,7 +313,7 @@ def partial_path(path):
     """Where a resumable output is built before it is complete (``OUT.partial``, visible on purpose)."""
     if locations.is_url(path):
         return str(path).rstrip("/") + ".partial"
-    path = Path(path)
+    path = locations.local_path(path)
     return path.with_name(path.name + ".partial")
 
 
@@ -338,7 +331,7 @@ def replace_path(src, dst, *, overwrite=False):
             _check_replaceable(dst)
         locations.publish_url(src, dst, replace=overwrite)
         return
-    src, dst = Path(src), Path(dst)
+    src, dst = locations.local_path(src), locations.local_path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"output {str(dst)!r} appeared while writing; nothing was replaced")
     if dst.exists():
