@@ -88,9 +88,10 @@ def _sum(*parts):
 
 def read_pass(x):
     from distkm import config
-    from distkm.engine.passes import compute, map_reduce
+    from distkm.engine.graph import map_reduce
+    from distkm.engine.run import compute
 
-    compute(map_reduce(x, _touch, _sum, name="read", split_every=config.split_every()))
+    compute(map_reduce(x, _touch, _sum, name="read", split_every=config.split_every()).result)
 
 
 class DaskMLTimes(logging.Handler):
@@ -140,7 +141,8 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
         times["read"] = statistics.median(read)
 
         for label, cache in (("distkm out-of-core", False), ("distkm cached", True)):
-            if cache and not should_cache(x.nbytes, client):  # e.g. aug32m: 25 GB of chunks
+            # e.g. aug32m: 25 GB of chunks
+            if cache and not should_cache(x.nbytes, client, cache_fraction=config.cache_fraction()):
                 notes[label] = (f"skipped: {fmt_bytes(x.nbytes)} of chunks exceed {config.cache_fraction():.0%} of the "
                                 f"workers' memory ({fmt_bytes(cluster_memory(client))})")
                 continue
@@ -174,7 +176,7 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
 
         if with_init:
             inits = {}
-            fits = should_cache(x.nbytes, client)
+            fits = should_cache(x.nbytes, client, cache_fraction=config.cache_fraction())
             cached = client.persist(x) if fits else x  # the converged fits below read it again and again
             wait(cached)
             runs = [("distkm k-means|| (out-of-core)", "k-means||", x)]

@@ -438,7 +438,7 @@ def _augment(args):
 # distkm predict
 # --------------------------------------------------------------------------- #
 def _predict(args):
-    from distkm.engine.lloyd import write_labels
+    from distkm.engine.final import write_labels
     from distkm.estimator import load_model
     from distkm.io import locations
     from distkm.io.outputs import atomic_output, check_output_path

@@ -1,9 +1,10 @@
 """The scikit-learn estimator: ``distkm.KMeans``.
 
 Input is checked here, once, at the door (parameters through scikit-learn's
-``_parameter_constraints``, data-dependent checks in ``_check_*``); the
-private machinery in :mod:`distkm.engine.lloyd` and :mod:`distkm.kernels` assumes
-valid input.
+``_parameter_constraints``, data-dependent checks in ``_check_*``), and
+distkm's configuration is read here into one
+:class:`~distkm.engine.loop.FitSettings`; :func:`distkm.engine.loop.fit` and
+the kernels below it assume valid input.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from functools import partial
 from numbers import Integral, Real
 
 import dask.array as da
 import numpy as np
 import zarr
-from dask.utils import format_bytes
 from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, ClusterMixin, TransformerMixin
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
@@ -26,11 +25,10 @@ from sklearn.utils.validation import check_is_fitted
 
 from distkm import config
 from distkm.cluster import dashboard
-from distkm.engine import lloyd
-from distkm.engine.cache import CachedRows, cache_on_client
-from distkm.engine.init import init_centers
-from distkm.engine.minibatch import minibatch
-from distkm.io.checkpoint import Checkpoint, FitState, digest
+from distkm.engine import loop
+from distkm.engine.final import assign_lazy, distances_lazy, final_stats
+from distkm.engine.loop import FitRows, FitSettings, prepare_rows
+from distkm.io.checkpoint import Checkpoint
 from distkm.io.model import read_model
 from distkm.io.stores import as_dask_array
 
@@ -149,6 +147,9 @@ default="k-means++"
     history_ : list of dict
         Per iteration of the kept run: inertia, squared center shift,
         relocated empty clusters.
+    evaluation_tables_ : distkm.kernels.ChunkEvaluation or None
+        Only after ``fit(..., final=...)`` (what ``distkm fit`` does): the
+        evaluation tables tabulated by the pass after convergence.
 
     Notes
     -----
@@ -224,144 +225,90 @@ default="k-means++"
     # ------------------------------------------------------------------ #
     # public API
     # ------------------------------------------------------------------ #
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X, y=None, sample_weight=None, *, progress=None, final=None):
         """Compute k-means clustering.
 
         Parameters
         ----------
-        X : array-like, dask array, zarr array or group, or str/Path of shape (n_samples, n_features)
+        X : array-like, dask array, zarr array or group, str/Path, or FitRows of shape (n_samples, n_features)
             Training rows (uint8, integer or float). A path opens the
-            ``images`` array of a distkm zarr store.
+            ``images`` array of a distkm zarr store. Rows prepared by
+            :func:`distkm.engine.loop.prepare_rows` are used as prepared
+            (cached and summarised once for several fits, as a sweep does).
         y : Ignored
         sample_weight : array-like or dask array of shape (n_samples,), optional
             Weight of each row; ``None`` gives every row weight 1.
+        progress : callable, optional
+            ``progress(event, **info)`` hears how the fit goes (see :func:`distkm.engine.loop.fit`).
+        final : dict, optional
+            More work for the pass after convergence, which then also writes
+            the labels and tabulates the evaluation (see
+            :func:`distkm.engine.loop.fit`); its tables are in ``evaluation_tables_``.
 
         Returns
         -------
         self : KMeans
         """
-        self._fit(X, sample_weight)
-        return self
-
-    def _fit(self, X, sample_weight=None, final=None, progress=None):
-        """:meth:`fit`, whose pass after convergence can do more from the same read of the rows.
-
-        ``final`` holds keyword arguments of :func:`distkm.engine.lloyd.final_pass`
-        (``labels_to``, ``classes``, ``evaluation``, ``row_offset``): that
-        pass then also writes the labels and tabulates the evaluation, which
-        is how ``distkm fit`` reads its rows once after convergence. Returns
-        the evaluation tables (``None`` without ``final``).
-
-        ``progress(event, **info)`` hears how the fit goes, for the command
-        line's own progress lines: ``"checkpoint"`` (``path``, ``resumed``:
-        ``(run, iteration)`` or None), ``"init"`` (``run``, ``n_init``,
-        ``init``), ``"iteration"`` (``record``, ``tol``), ``"end"``
-        (``converged``, ``n_iter``, ``inertia``).
-        """
         self._validate_params()
-        report = progress or (lambda event, **info: None)
-        cached = X if isinstance(X, CachedRows) else None
-        x = cached.source if cached is not None else as_dask_array(X)
+        rows = X if isinstance(X, FitRows) else None
+        x = rows.source if rows is not None else as_dask_array(X)
         n_samples, n_features = x.shape
         if n_samples < self.n_clusters:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
         dtype = self._compute_dtype(x)
         weights = _check_sample_weight(sample_weight, x)
         init, n_init = self._check_init(X, x, n_features)
-        split_every = self.split_every or config.split_every()
-        block_rows = config.block_rows()
-        sample_size = self.init_sample_size or config.get("init-sample-size")
-        batch_chunks = self.batch_chunks or config.get("minibatch-chunks")
-        random_state = check_random_state(self.random_state)
-        if cached is not None and (self.cache is False or weights is not None or not cached.fits(split_every)):
-            cached = None  # rows held in other blocks (or to be weighted): read them as given
-        if cached is None and self.cache is not False:
-            cached = cache_on_client(x, self.cache, split_every, weights)
-        data = x  # labels_ is built on the uncached array: it must not pin the cache in memory
-        if cached is not None:
-            x = cached.array
+        settings = FitSettings.resolve(
+            n_clusters=self.n_clusters, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol, dtype=dtype,
+            algorithm=self.algorithm, split_every=self.split_every, init_sample_size=self.init_sample_size,
+            batch_chunks=self.batch_chunks, cache=self.cache, random_state=self.random_state)
+        if rows is None or weights is not None or (rows.cached is not None and (
+                self.cache is False or rows.split_every != settings.split_every)):
+            # rows held in other blocks (or to be weighted): prepared again, as given
+            rows = prepare_rows(x, weights=weights, cache=settings.cache, split_every=settings.split_every,
+                                cache_fraction=settings.cache_fraction)
+        _check_range(rows.summary, dtype, x.dtype)
+        checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint)
+        result = loop.fit(rows, settings, check_random_state(self.random_state), checkpoint=checkpoint, final=final,
+                          progress=self._listener(progress))
 
-        summary = lloyd.summarize(x, weights, split_every=split_every, cached=cached)
-        if summary.n_nonfinite:
-            raise ValueError(f"X contains {summary.n_nonfinite} NaN or infinite value(s); k-means needs finite data")
-        _check_range(summary, dtype, x.dtype)
-        if cached is not None and not isinstance(X, CachedRows):  # once the rows are known good (a sweep says it)
-            logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))
-        tol = lloyd.tolerance(summary, self.tol)
-
-        # "auto" prunes where it measured faster: in float64. In float32 the rounding margin that keeps the
-        # pruned assignment Lloyd's to the bit leaves so many rows to recompute that the passes took longer
-        # (MNIST k=256: 13.2 s against 10.3 s for 60 iterations; float64: 15.4 s against 22.8 s).
-        pruning = (self.algorithm == "elkan" or self.algorithm == "auto" and dtype == np.float64) \
-            and lloyd.bounds_fit(x, self.n_clusters, cached)
-        checkpoint = fingerprint = resumed = None
-        if self.checkpoint is not None:
-            checkpoint = Checkpoint(self.checkpoint)
-            fingerprint = self._fingerprint(x, summary, init, n_init, sample_size, split_every, block_rows, weights,
-                                            dtype)
-            resumed = checkpoint.load(fingerprint)
-            report("checkpoint", path=self.checkpoint,
-                   resumed=None if resumed is None else (resumed.run, len(resumed.history)))
-        best = resumed.best if resumed is not None else None
-        for run in range(resumed.run if resumed is not None else 0, n_init):
-            if resumed is not None and run == resumed.run:
-                random_state.set_state(resumed.rng_state)
-                centers, history, done = resumed.centers, resumed.history, resumed.converged
-            else:
-                report("init", run=run, n_init=n_init, init=init if isinstance(init, str) else "given array")
-                centers = init_centers(x, self.n_clusters, init, random_state, weights=weights,
-                                       sample_size=sample_size, dtype=dtype, split_every=split_every,
-                                       block_rows=block_rows, oversampling=config.get("init-oversampling"),
-                                       rounds=config.get("init-rounds"))
-                history, done = [], False
-                if self.verbose:
-                    print("Initialization complete")
-            rng_state = random_state.get_state()  # the state a resumed run must continue from
-            on_iteration = None
-            if checkpoint is not None:
-                def on_iteration(centers, history, converged, run=run, rng_state=rng_state):
-                    checkpoint.save(FitState(fingerprint, run, centers, history, converged, rng_state, best))
-            on_record = partial(_report_iteration, run=run, n_clusters=self.n_clusters, tol=tol, verbose=self.verbose,
-                                report=report)
-            if self.algorithm == "minibatch" and not done:
-                # Checkpointed once finished: a killed mini-batch run restarts (it is one or two passes).
-                result = minibatch(x, centers, summary=summary, max_passes=self.max_iter, tol=tol, dtype=dtype,
-                                   random_state=random_state, batch_chunks=batch_chunks, weights=weights,
-                                   split_every=split_every, block_rows=block_rows, callback=on_record)
-                if on_iteration is not None:
-                    on_iteration(result.centers, result.history, True)
-            else:
-                result = lloyd.lloyd(x, centers, summary=summary, max_iter=self.max_iter, tol=tol, dtype=dtype,
-                                     weights=weights, split_every=split_every, block_rows=block_rows,
-                                     callback=on_record, history=history, converged=done, on_iteration=on_iteration,
-                                     cached=cached, pruning=pruning)
-            # With one run, its final pass is the last: it does what ``final`` asks too.
-            last = lloyd.final_pass(x, result.centers, dtype, weights=weights, split_every=split_every,
-                                    block_rows=block_rows, cached=cached, **(final if n_init == 1 and final else {}))
-            final_stats, tables = last.stats, last.evaluation
-            report("end", converged=result.converged, n_iter=result.n_iter, inertia=final_stats.inertia)
-            if best is None or final_stats.inertia < best["inertia"]:
-                best = {"inertia": float(final_stats.inertia), "n_iter": result.n_iter, "history": result.history,
-                        "sizes": final_stats.sizes, "centers": result.centers}
-        if final and n_init > 1:  # the best of several runs is known only now
-            tables = lloyd.final_pass(x, best["centers"], dtype, weights=weights, split_every=split_every,
-                                      block_rows=block_rows, cached=cached, **final).evaluation
-
-        self.cluster_centers_ = best["centers"].astype(dtype)
-        self.n_iter_ = best["n_iter"]
-        self.tolerance_ = tol
-        self.inertia_ = best["inertia"]
-        self.cluster_sizes_ = np.asarray(best["sizes"], dtype=np.int64)
-        self.history_ = best["history"]
+        self.cluster_centers_ = result.centers
+        self.n_iter_ = result.n_iter
+        self.tolerance_ = result.tolerance
+        self.inertia_ = result.inertia
+        self.cluster_sizes_ = result.sizes
+        self.history_ = result.history
         self.n_features_in_ = n_features
         self._n_features_out = self.n_clusters
-        self.labels_ = self._output(X, lloyd.assign_lazy(data, self.cluster_centers_, dtype, block_rows=block_rows))
+        if final:
+            self.evaluation_tables_ = result.tables
+        self.labels_ = self._output(X, assign_lazy(x, self.cluster_centers_, dtype,
+                                                         block_rows=settings.block_rows))
         distinct = int(np.count_nonzero(self.cluster_sizes_))
         if distinct < self.n_clusters:
             warnings.warn(f"Number of distinct clusters ({distinct}) found smaller than n_clusters "
                           f"({self.n_clusters}). Possibly due to duplicate points in X.", ConvergenceWarning,
-                          stacklevel=3)
-        return tables if final else None
+                          stacklevel=2)
+        return self
+
+    def _listener(self, progress):
+        """What hears the fit's events: the dashboard's /distkm page, ``progress``, and with ``verbose`` stdout.
+
+        The verbose lines are scikit-learn's (iterations counted from 0; strict
+        convergence is unchanged labels, which leave the centers exactly where they were).
+        """
+        def listen(event, **info):
+            if event == "checkpoint":
+                info["path"] = self.checkpoint
+            if event == "iteration":
+                dashboard.publish("iteration", {**info["record"], "run": info["run"], "n_clusters": self.n_clusters})
+            if progress is not None:
+                progress(event, **info)
+            if self.verbose and event == "initialized":
+                print("Initialization complete")
+            elif self.verbose and event == "iteration":
+                _print_iteration(info["record"], info["tol"])
+        return listen
 
     def fit_predict(self, X, y=None, sample_weight=None):
         """Fit, then return the cluster of every row (``labels_``)."""
@@ -376,41 +323,23 @@ default="k-means++"
             Lazy (dask) for dask, zarr or store-path input.
         """
         x = self._check_test_data(X)
-        return self._output(X, lloyd.assign_lazy(x, self.cluster_centers_, self.cluster_centers_.dtype,
+        return self._output(X, assign_lazy(x, self.cluster_centers_, self.cluster_centers_.dtype,
                                                  block_rows=config.block_rows()))
 
     def transform(self, X):
         """Euclidean distance of every row to every center, shape (n_samples, n_clusters)."""
         x = self._check_test_data(X)
-        return self._output(X, lloyd.distances_lazy(x, self.cluster_centers_, self.cluster_centers_.dtype,
+        return self._output(X, distances_lazy(x, self.cluster_centers_, self.cluster_centers_.dtype,
                                                     block_rows=config.block_rows()))
 
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of ``X`` under the fitted centers (one pass)."""
         x = self._check_test_data(X)
         weights = _check_sample_weight(sample_weight, x)
-        final = lloyd.final_stats(x, self.cluster_centers_, self.cluster_centers_.dtype, weights=weights,
-                                  split_every=self.split_every or config.split_every(),
-                                  block_rows=config.block_rows())
-        return -float(final.inertia)
-
-    def _fingerprint(self, x, summary, init, n_init, sample_size, split_every, block_rows, weights, dtype):
-        """What must not change between a checkpoint and its resumption (JSON-able)."""
-        random_state = self.random_state if isinstance(self.random_state, (int, type(None))) else "RandomState"
-        return {
-            "params": {"n_clusters": self.n_clusters, "init": init if isinstance(init, str) else digest(init),
-                       "n_init": n_init, "max_iter": self.max_iter, "tol": self.tol, "random_state": random_state,
-                       "dtype": dtype.name, "split_every": split_every,
-                       "init_sample_size": sample_size, "block_rows": block_rows,
-                       "init_rounds": config.get("init-rounds"),
-                       "init_oversampling": config.get("init-oversampling"),
-                       "algorithm": self.algorithm,
-                       "batch_chunks": self.batch_chunks or config.get("minibatch-chunks")},
-            "data": {"shape": list(x.shape), "dtype": x.dtype.name, "row_chunks": digest(np.asarray(x.chunks[0])),
-                     "content": digest(np.concatenate([summary.mean, summary.m2,
-                                                       [summary.weighted_sq_norm, summary.weight_sum]])),
-                     "weighted": weights is not None},
-        }
+        stats = final_stats(x, self.cluster_centers_, self.cluster_centers_.dtype, weights=weights,
+                            split_every=self.split_every or config.split_every(),
+                            block_rows=config.block_rows())
+        return -float(stats.inertia)
 
     # ------------------------------------------------------------------ #
     # checks at the door
@@ -455,7 +384,7 @@ default="k-means++"
 
     def _check_test_data(self, X):
         check_is_fitted(self)
-        x = X.source if isinstance(X, CachedRows) else as_dask_array(X)
+        x = X.source if isinstance(X, FitRows) else as_dask_array(X)
         if x.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {x.shape[1]} features, but {type(self).__name__} is expecting "
                              f"{self.n_features_in_} features as input.")
@@ -464,7 +393,7 @@ default="k-means++"
     @staticmethod
     def _output(X, result):
         """numpy in, numpy out; dask, zarr or a path in, lazy dask out."""
-        if isinstance(X, (da.Array, zarr.Array, zarr.Group, str, CachedRows)) or hasattr(X, "__fspath__"):
+        if isinstance(X, (da.Array, zarr.Array, zarr.Group, str, FitRows)) or hasattr(X, "__fspath__"):
             return result
         return result.compute()
 
@@ -512,16 +441,8 @@ def _check_sample_weight(sample_weight, x):
     return w
 
 
-def _report_iteration(record, *, run, n_clusters, tol, verbose, report):
-    """Every iteration goes to the dashboard's /distkm page, to ``report``, and with ``verbose`` to stdout.
-
-    The verbose lines are scikit-learn's (iterations counted from 0; strict
-    convergence is unchanged labels, which leave the centers exactly where they were).
-    """
-    dashboard.publish("iteration", {**record, "run": run, "n_clusters": n_clusters})
-    report("iteration", record=record, tol=tol)
-    if not verbose:
-        return
+def _print_iteration(record, tol):
+    """scikit-learn's verbose lines for one iteration (or mini-batch step)."""
     i, shift = record["iteration"] - 1, record["center_shift"]
     if "pass" in record:  # a mini-batch step, as MiniBatchKMeans says it
         print(f"Minibatch step {i + 1}: mean batch inertia: {record['inertia'] / record['rows']}")

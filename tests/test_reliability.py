@@ -20,7 +20,7 @@ from distkm import KMeans
 from distkm.apps.augment import augment_store
 from distkm.cli import main
 from distkm.cluster.client import dask_client, report_lost_workers
-from distkm.engine.lloyd import write_labels
+from distkm.engine.final import write_labels
 from distkm.io.outputs import partial_path
 from distkm.io.stores import write_store
 

@@ -22,7 +22,7 @@ import numpy as np
 import zarr
 
 from distkm import config
-from distkm.engine.passes import run_chunk_tasks
+from distkm.engine.run import run_chunk_tasks
 from distkm.io import locations
 from distkm.io.outputs import check_not_an_input, check_output_path, output_lock, partial_path, replace_path
 from distkm.io.stores import (

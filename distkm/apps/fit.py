@@ -4,7 +4,7 @@ The run folder holds the model, the labels of the fitted rows, the
 evaluation of every split of the store, the pictures and the report. After
 the Lloyd loop converges, one pass over the fitted rows writes their labels,
 computes the exact inertia and cluster sizes and tabulates the evaluation of
-their split (:func:`distkm.engine.lloyd.final_pass`); only the other splits
+their split (:func:`distkm.engine.final.final_pass`); only the other splits
 (the held-out rows) are read again, by the evaluation.
 
 A run folder on object storage (``--out s3://...``) is built the same way,
@@ -22,7 +22,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from distkm.engine.lloyd import labels_array_for, write_labels
+from distkm.engine.final import labels_array_for, write_labels
 from distkm.estimator import KMeans
 from distkm.evaluation.report import evaluation_plan_for, report_run
 from distkm.io import locations
@@ -121,7 +121,7 @@ class FitJob:
     def run(self, *, evaluate=True, pictures=True, seed=0, progress=None):
         """Fit, write the labels, the model, the evaluation and the report into ``work``.
 
-        ``progress`` hears the fit's events (see :meth:`distkm.KMeans._fit`).
+        ``progress`` hears the fit's events (see :func:`distkm.engine.loop.fit`).
 
         Returns
         -------
@@ -142,7 +142,8 @@ class FitJob:
             labels = self.store.labels
             final.update(evaluation=plan.settings[fitted_split],
                          classes=None if labels is None else labels[self.start:self.stop])
-        tables = self.model._fit(self.x, final=final, progress=progress)
+        self.model.fit(self.x, final=final, progress=progress)
+        tables = self.model.evaluation_tables_
         fit_seconds = time.perf_counter() - started
         if final["labels_to"] is None:  # rows in irregular chunks: the labels get a pass of their own
             write_labels(labels_path, self.model.labels_, attrs=attrs)

@@ -7,7 +7,7 @@ from functools import partial
 import numpy as np
 
 from distkm import config
-from distkm.engine.passes import run_chunk_tasks
+from distkm.engine.run import run_chunk_tasks
 from distkm.io import locations
 from distkm.io.folders import FITS, MODES, list_images, load_image
 from distkm.io.outputs import atomic_output

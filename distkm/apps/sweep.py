@@ -12,17 +12,16 @@ import dataclasses
 import json
 import logging
 import time
+from contextlib import contextmanager
 
 import dask.array as da
-from dask.utils import format_bytes
 
-from distkm import config
-from distkm.engine.cache import cache_on_client
+from distkm.engine.loop import prepare_rows
 from distkm.estimator import KMeans
 from distkm.evaluation.evaluate import evaluate_store
 from distkm.io import locations
 from distkm.io.model import save_model
-from distkm.io.outputs import write_text_atomic
+from distkm.io.outputs import atomic_output, staged_locally, write_text_atomic
 
 logger = logging.getLogger("distkm")
 
@@ -38,6 +37,17 @@ COLUMNS = [
     ("n_iter", "iterations", "{:d}"),
     ("fit_seconds", "fit s", "{:.1f}"),
 ]
+
+
+@contextmanager
+def sweep_folder(out, *, overwrite=False, inputs=()):
+    """A local folder to build a sweep in; it becomes ``out`` (a folder, or a URL) when the block succeeds.
+
+    Only the client writes a sweep (models, tables, pictures), so for a URL
+    it is built locally, uploaded into a hidden prefix, then published whole.
+    """
+    with atomic_output(out, overwrite=overwrite, inputs=inputs) as built, staged_locally(built) as folder:
+        yield folder
 
 
 def parse_ks(text):
@@ -75,7 +85,7 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
     on_result : callable, optional
         Called with each row as soon as its k is done.
     progress : callable, optional
-        Hears every fit's events, iterations included (see :meth:`distkm.KMeans._fit`).
+        Hears every fit's events, iterations included (see :func:`distkm.engine.loop.fit`).
     cache : {"auto", True, False}
         Hold the rows of the fitted split on the workers (see :mod:`distkm.engine.cache`),
         once for every k; the evaluation reads them there too.
@@ -95,17 +105,15 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
     held_out = [name for name in splits if name != split] if split else []
     fit_params = dict(fit_params or {})
     # Cached once, in the blocks a fit would make (one task per block an iteration; a small split is
-    # one block, whose iterations then run in batches inside its task), and held for every k.
-    cached = cache_on_client(x, cache, fit_params.get("split_every") or config.split_every())
-    scored = store if cached is None else _with_rows(store, start, stop, cached.array)
+    # one block, whose iterations then run in batches inside its task), summarised once, and held for every k.
+    prepared = prepare_rows(x, cache=cache, split_every=fit_params.get("split_every"))
+    scored = store if prepared.cached is None else _with_rows(store, start, stop, prepared.x)
     rows = []
     for k in ks:
-        model = KMeans(n_clusters=k, **{**fit_params, "cache": cached is not None})
+        model = KMeans(n_clusters=k, **{**fit_params, "cache": prepared.cached is not None})
         began = time.perf_counter()
-        model._fit(x if cached is None else cached, progress=progress)
+        model.fit(prepared, progress=progress)
         fit_seconds = time.perf_counter() - began
-        if cached is not None and not rows:  # once the first fit has found the rows good
-            logger.info("data cached on the workers (%s)", format_bytes(x.nbytes))
         evaluation = evaluate_store(model, scored, mapping_split=split, n_members=0,
                                     silhouette_sample=silhouette_sample, seed=seed)
         trained = evaluation.splits[evaluation.mapping_split]

@@ -13,7 +13,6 @@ import logging
 import time
 from functools import partial
 
-import dask
 import numpy as np
 from sklearn.cluster import KMeans as _SKLearnKMeans
 from sklearn.cluster import kmeans_plusplus
@@ -21,7 +20,8 @@ from sklearn.utils.random import sample_without_replacement
 from threadpoolctl import threadpool_limits
 
 from distkm import kernels
-from distkm.engine.passes import compute, map_reduce_with_state, row_offsets
+from distkm.engine.graph import map_reduce, row_offsets
+from distkm.engine.run import compute_keeping_states
 from distkm.kernels.assign import prepare_centers
 
 logger = logging.getLogger("distkm")
@@ -129,20 +129,16 @@ def kmeans_parallel(x, n_clusters, random_state, *, weights=None, dtype=np.float
         first = random_state.choice(n, p=w / w.sum())
     candidates = take_rows(x, [first])
     offsets = row_offsets(x)
-    states, new, cost = None, candidates, None
+    states, new, cost = [None] * x.numblocks[0], candidates, None
     for round_number in range(rounds + 1):
         draws = n_draws if round_number < rounds else 0  # the last pass only counts
         chunk = partial(kernels.kmeans_parallel_round, first_candidate=len(candidates) - len(new),
                         n_candidates=len(candidates), n_draws=draws, seed=seed, round_number=round_number,
                         block_rows=block_rows)
-        new_states, result = map_reduce_with_state(
-            x, chunk, kernels.merge_round_partials, name="kmeans-parallel", state=states,
-            constants=prepare_centers(new, dtype), weights=weights, split_every=split_every,
-            per_chunk=lambda i: {"row_offset": int(offsets[i])})
-        # The states stay on the workers. Unoptimised: fusing would rename the read tasks, and the
-        # scheduler warns when the next pass submits them under their own name.
-        *states, result = dask.persist(*new_states, result, optimize_graph=False)
-        result = compute(result)[0]
+        job = map_reduce(x, chunk, kernels.merge_round_partials, name="kmeans-parallel", states=states,
+                         constants=prepare_centers(new, dtype), weights=weights, split_every=split_every,
+                         per_chunk=lambda i: {"row_offset": int(offsets[i])})
+        states, result = compute_keeping_states(job)  # each chunk's distances stay on its worker
         cost = result.cost
         drawn = result.sample.index[0] >= 0
         drawn &= np.isfinite(result.sample.keys[0])  # rows at distance 0 are never drawn

@@ -27,7 +27,8 @@ import numpy as np
 
 from distkm import kernels
 from distkm.engine.lloyd import LloydResult
-from distkm.engine.passes import compute, map_reduce
+from distkm.engine.graph import map_reduce
+from distkm.engine.run import compute
 from distkm.kernels.assign import prepare_centers
 
 
@@ -82,7 +83,7 @@ def minibatch(x, centers, *, summary, max_passes, tol, dtype, random_state, batc
             job = map_reduce(x.blocks[batch.tolist()], chunk, kernels.merge_partial_stats, name="minibatch-step",
                              constants=(c, half),
                              weights=None if weights is None else weights.blocks[batch.tolist()],
-                             split_every=split_every)
+                             split_every=split_every).result
             stats = compute(job)[0]
             rows = int(chunk_rows[batch].sum())
             # The batch's inertia at `centers`, its part beside sum ||x||^2 scaled to the data (an estimate).

@@ -21,7 +21,8 @@ from typing import NamedTuple
 import numpy as np
 
 from distkm import config
-from distkm.engine.passes import compute, map_reduce, row_offsets
+from distkm.engine.graph import map_reduce, row_offsets
+from distkm.engine.run import compute
 from distkm.evaluation.metrics import majority_mapping, mapped_accuracy, scores_from_table
 from distkm.io.outputs import write_text_atomic
 from distkm.io.stores import printable
@@ -251,7 +252,7 @@ def evaluation_pass(x, y, centers, dtype, *, n_classes, n_members, sample_size, 
                     block_rows=block_rows or config.block_rows())
     return map_reduce(x, chunk, merge_evaluations, name="evaluation", constants=(c, half), weights=y,
                       split_every=split_every or config.split_every(),
-                      per_chunk=lambda i: {"row_offset": int(offsets[i])})
+                      per_chunk=lambda i: {"row_offset": int(offsets[i])}).result
 
 
 def _classes(store):

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -41,44 +40,13 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unreadable, damaged, or made by another fit."""
 
 
-@dataclass
-class FitState:
-    """Where a fit stands.
-
-    Attributes
-    ----------
-    fingerprint : dict
-        Parameters and data summary the fit was started with.
-    run : int
-        Index of the initialisation in progress (``n_init`` runs).
-    centers : ndarray of shape (k, d), float64
-        Centers after ``len(history)`` iterations of this run.
-    history : list of dict
-    converged : bool
-        This run's loop has ended (tolerance or ``max_iter``).
-    rng_state : tuple
-        ``RandomState.get_state()`` right after this run's initialisation.
-    best : dict or None
-        Best finished run so far: ``inertia``, ``n_iter``, ``history``, ``sizes`` and ``centers``.
-    """
-
-    fingerprint: dict
-    run: int
-    centers: np.ndarray
-    history: list
-    converged: bool
-    rng_state: tuple
-    best: dict | None = field(default=None)
-
-
-def digest(array):
-    """Short content hash of an array (for fingerprints)."""
-    array = np.ascontiguousarray(array)
-    return hashlib.sha256(array.tobytes() + str((array.dtype, array.shape)).encode()).hexdigest()[:16]
-
-
 class Checkpoint:
-    """A checkpoint folder: :meth:`save` after each iteration, :meth:`load` to resume."""
+    """A checkpoint folder: :meth:`save` after each iteration, :meth:`load` to resume.
+
+    What is saved is the state of the fit loop (:class:`distkm.engine.loop.RunState`):
+    ``fingerprint``, ``run``, ``centers``, ``history``, ``converged``,
+    ``rng_state`` and ``best``; this module only reads and writes those fields.
+    """
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -88,7 +56,7 @@ class Checkpoint:
         return self.path.is_file()
 
     def load(self, fingerprint):
-        """The saved :class:`FitState`, or ``None`` when there is none.
+        """The saved state as a dict of its fields, or ``None`` when there is none.
 
         Raises
         ------
@@ -112,8 +80,9 @@ class Checkpoint:
         if best is not None:
             best = {**best, "centers": self._read(best["centers"], shape), "sizes": np.asarray(best["sizes"], np.int64)}
         name, keys, pos, has_gauss, cached = doc["rng_state"]
-        return FitState(doc["fingerprint"], doc["run"], self._read(doc["centers"], shape), doc["history"],
-                        doc["converged"], (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached), best)
+        return {"fingerprint": doc["fingerprint"], "run": doc["run"], "centers": self._read(doc["centers"], shape),
+                "history": doc["history"], "converged": doc["converged"],
+                "rng_state": (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached), "best": best}
 
     def save(self, state):
         """Write ``state`` atomically; the previous checkpoint stays valid until the rename.
