@@ -305,9 +305,10 @@ def test_library_errors_name_parameters_and_the_cli_names_flags(tmp_path, mnist_
 
 
 def test_every_option_says_what_it_does_and_its_default():
-    from distkm.cli import _parser, _subparsers
+    from distkm.cli.errors import _subparsers
+    from distkm.cli.parser import build_parser
 
-    for command in _subparsers(_parser()):
+    for command in _subparsers(build_parser()):
         text = " ".join(command.format_help().split())  # wrapped lines joined
         for action in command._actions:
             if action.dest == "help":
