@@ -30,7 +30,7 @@ from distkm.engine.final import assign_lazy, distances_lazy, final_stats
 from distkm.engine.loop import FitRows, FitSettings, prepare_rows
 from distkm.io.checkpoint import Checkpoint
 from distkm.io.model import read_model
-from distkm.io.stores import as_dask_array
+from distkm.io.stores import as_dask_array, as_dask_weights
 
 logger = logging.getLogger("distkm")
 
@@ -256,7 +256,7 @@ default="k-means++"
         if n_samples < self.n_clusters:
             raise ValueError(f"n_samples={n_samples} should be >= n_clusters={self.n_clusters}.")
         dtype = self._compute_dtype(x)
-        weights = _check_sample_weight(sample_weight, x)
+        weights = as_dask_weights(sample_weight, x)
         init, n_init = self._check_init(X, x, n_features)
         settings = FitSettings.resolve(
             n_clusters=self.n_clusters, init=init, n_init=n_init, max_iter=self.max_iter, tol=self.tol, dtype=dtype,
@@ -267,7 +267,6 @@ default="k-means++"
             # rows held in other blocks (or to be weighted): prepared again, as given
             rows = prepare_rows(x, weights=weights, cache=settings.cache, split_every=settings.split_every,
                                 cache_fraction=settings.cache_fraction)
-        _check_range(rows.summary, dtype, x.dtype)
         checkpoint = None if self.checkpoint is None else Checkpoint(self.checkpoint)
         result = loop.fit(rows, settings, check_random_state(self.random_state), checkpoint=checkpoint, final=final,
                           progress=self._listener(progress))
@@ -335,7 +334,7 @@ default="k-means++"
     def score(self, X, y=None, sample_weight=None):
         """Opposite of the inertia of ``X`` under the fitted centers (one pass)."""
         x = self._check_test_data(X)
-        weights = _check_sample_weight(sample_weight, x)
+        weights = as_dask_weights(sample_weight, x)
         stats = final_stats(x, self.cluster_centers_, self.cluster_centers_.dtype, weights=weights,
                             split_every=self.split_every or config.split_every(),
                             block_rows=config.block_rows())
@@ -404,41 +403,6 @@ default="k-means++"
         tags.transformer_tags.preserves_dtype = (["float64", "float32"] if self.dtype is None
                                                  else [np.dtype(self.dtype).name])
         return tags
-
-
-def _check_range(summary, dtype, data_dtype):
-    """Refuse data whose squared norms the compute dtype cannot hold (distances would be inf, then NaN).
-
-    A dot product of a row and a center is at most the sum of the rows'
-    squared norms, so when that sum fits (with room for the factor 2 of the
-    distances and the GEMM's partial sums) no distance can overflow.
-    """
-    limit = float(np.finfo(dtype).max) / 16
-    if np.isfinite(summary.weighted_sq_norm) and summary.weighted_sq_norm <= limit and np.isfinite(summary.m2).all():
-        return
-    advice = ("pass dtype='float64'" if dtype == np.float32 else
-              "scale the data down (k-means is scale-equivariant)")
-    raise ValueError(f"X holds values too large for k-means in {dtype.name} (data dtype {data_dtype}): the sum of "
-                     f"squared row norms exceeds {limit:.1e}, so distances would overflow; {advice}")
-
-
-def _check_sample_weight(sample_weight, x):
-    """Sample weights as a dask array chunked like ``x``'s rows, or ``None``."""
-    if sample_weight is None:
-        return None
-    if isinstance(sample_weight, da.Array):
-        w = sample_weight.astype(np.float64)
-    else:
-        w = np.asarray(sample_weight, dtype=np.float64)
-        if w.ndim == 0:
-            w = np.full(x.shape[0], float(w))
-    if w.shape != (x.shape[0],):
-        raise ValueError(f"sample_weight has shape {w.shape}, expected ({x.shape[0]},)")
-    w = da.asarray(w).rechunk((x.chunks[0],))
-    finite, negative, total = da.compute(da.isfinite(w).all(), (w < 0).any(), w.sum())
-    if not finite or negative or total <= 0:
-        raise ValueError("sample_weight must be finite and non-negative, with at least one non-zero weight")
-    return w
 
 
 def _print_iteration(record, tol):

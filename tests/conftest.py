@@ -7,14 +7,12 @@ synchronous scheduler where a test compares schedulers).
 
 
 import dask
-import numpy as np
 import pytest
 from distributed import Client, LocalCluster
 
-from distkm.io.datasets import SHIPPED_MNIST, ingest_idx
+from distkm.io.datasets import ingest_idx
 from distkm.io.stores import open_store
-
-MNIST_DIR = SHIPPED_MNIST  # the official files that come with the repository
+from tests.helpers import MNIST_DIR, distkm
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +43,18 @@ def mnist_test(mnist_test_store):
 
 
 @pytest.fixture(scope="session")
+def small_run(tmp_path_factory, mnist_test_store):
+    """`distkm fit` of the MNIST test rows, k=10, seed 0, at most 20 iterations: ``(run folder, its output)``.
+
+    Shared by the tests that read a run folder; a test that changes one copies it first.
+    """
+    out = tmp_path_factory.mktemp("runs") / "k10"
+    result = distkm("fit", mnist_test_store, "--k", 10, "--out", out, "--seed", 0, "--max-iter", 20,
+                    "--n-workers", 2, check=True)
+    return out, result
+
+
+@pytest.fixture(scope="session")
 def cluster():
     """A LocalCluster of 2 worker processes x 1 thread on 127.0.0.1."""
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -63,11 +73,6 @@ def client(cluster):
 def sync_scheduler():
     with dask.config.set(scheduler="sync"):
         yield
-
-
-def random_rows(x, k, seed=0):
-    """k distinct rows of x chosen with a seed, as float64: a shared initialisation."""
-    return np.asarray(x[np.random.RandomState(seed).choice(len(x), k, replace=False)], dtype=np.float64)
 
 
 @pytest.fixture(autouse=True)

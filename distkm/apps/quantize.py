@@ -26,6 +26,7 @@ import dask.array as da
 import numpy as np
 import zarr
 from dask.base import tokenize
+from PIL import Image
 
 from distkm import config
 from distkm.estimator import KMeans
@@ -233,8 +234,6 @@ def _recolour(pixels, model, palette, path):
 
 
 def _write_images(recoloured, shapes, outputs, *, overwrite):
-    from PIL import Image
-
     start, written = 0, []
     for shape, path in zip(shapes, outputs):
         n = shape[0] * shape[1]

@@ -21,8 +21,9 @@ from distributed import Client, LocalCluster
 from distributed.comm.addressing import parse_address, parse_host_port
 
 from distkm import config
+from distkm.cluster import configs as cc
 from distkm.cluster import dashboard
-from distkm.cluster.configs import load_cluster_config
+from distkm.cluster.configs import load_cluster_config, tls_security
 
 logger = logging.getLogger("distkm")
 
@@ -59,8 +60,6 @@ def dask_client(scheduler=None, *, cluster_config=None, timeout=None, n_workers=
     kind, section = load_cluster_config(cluster_config) if cluster_config is not None else ("local", {})
     security = None
     if kind == "tls":
-        from distkm.cluster.configs import tls_security
-
         security = tls_security(section)
     if scheduler or kind in ("address", "tls"):
         address = scheduler or section["scheduler"]
@@ -151,8 +150,6 @@ def _tls_reason(error):
 
 def _start_cluster(kind, section):
     """Start an ssh, slurm or kubernetes cluster; returns it and the number of workers to wait for."""
-    from distkm.cluster import configs as cc
-
     if kind == "slurm":
         from dask_jobqueue import SLURMCluster
 

@@ -25,9 +25,13 @@ machine that has no such cluster.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
+from distributed.security import Security
+
+from distkm import config
 
 #: type -> {field: (required?, python type(s) or None for any)}
 FIELDS = {
@@ -133,15 +137,11 @@ def _relative_to(config_path, name):
 # --------------------------------------------------------------------------- #
 def tls_security(section):
     """A :class:`distributed.security.Security` from a ``tls`` section: encryption required both ways."""
-    from distributed.security import Security
-
     return Security(tls_ca_file=section["ca-file"], tls_client_cert=section["cert"], tls_client_key=section["key"],
                     require_encryption=True)
 
 
 def _environ(section):
-    from distkm import config
-
     return {**config.section("local-cluster").get("worker-environ", {}), **section.get("worker-environ", {})}
 
 
@@ -151,8 +151,6 @@ def slurm_cluster_kwargs(section):
     The workers' environment (``worker-environ``, by default distkm's
     allocator settings) becomes ``export`` lines of the job script.
     """
-    import sys
-
     prologue = [f"export {name}={value}" for name, value in _environ(section).items()]
     kwargs = {
         "cores": section["cores"],

@@ -13,7 +13,9 @@ import html
 import logging
 import time
 
+from distributed import default_client
 from distributed.diagnostics.plugin import SchedulerPlugin
+from tornado.web import RequestHandler
 
 logger = logging.getLogger("distkm")
 
@@ -24,10 +26,8 @@ PAGE = "/distkm"
 def publish(kind, record):
     """Send one record (e.g. an iteration) to the scheduler's event log, if a distributed client is active."""
     try:
-        from distributed import default_client
-
         client = default_client()
-    except (ImportError, ValueError):  # no distributed client: threads or sync scheduler
+    except ValueError:  # no distributed client: threads or sync scheduler
         return
     try:
         client.log_event(TOPIC, {"kind": kind, **record})
@@ -41,8 +41,6 @@ class DistkmDashboardPage(SchedulerPlugin):
     name = "distkm-dashboard-page"
 
     def start(self, scheduler):
-        from tornado.web import RequestHandler
-
         class Handler(RequestHandler):
             def get(self):
                 self.set_header("Content-Type", "text/html; charset=utf-8")

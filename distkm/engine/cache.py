@@ -25,7 +25,8 @@ from functools import partial
 from typing import NamedTuple
 
 import numpy as np
-from dask.utils import format_bytes
+from dask.utils import format_bytes, parse_timedelta
+from distributed import Future
 
 from distkm import config
 from distkm.engine.graph import concatenate_chunks, row_offsets
@@ -149,8 +150,6 @@ def cache_on_client(x, mode, split_every, weights=None, *, cache_fraction):
         return None
     if not client.scheduler_info(n_workers=-1)["workers"]:
         # Never decide from a cluster of 0 B: a fit resumed while the workers restart waits for one.
-        from dask.utils import parse_timedelta
-
         timeout = parse_timedelta(config.get("no-workers-timeout"))
         logger.warning("no workers yet: waiting up to %.0f s for one before deciding what to cache", timeout)
         try:
@@ -172,8 +171,6 @@ def _cache_or_say_why(nbytes, client, mode, cache_fraction):
 
 
 def _persisted(x):
-    from distributed import Future
-
     return all(isinstance(v, Future) for v in dict(x.__dask_graph__()).values())
 
 

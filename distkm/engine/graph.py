@@ -22,7 +22,7 @@ to distkm:
 ``dask.array.reduction`` expresses neither the shared constants, nor the
 states, nor running the read of each chunk inside the task that uses it
 (:func:`chunk_tasks`), so the graph is written out here, in
-:func:`_graph` alone (tests/test_graph.py fails if dask changes under it).
+:func:`_graph` alone (tests/unit/engine/test_graph.py fails if dask changes under it).
 """
 
 from __future__ import annotations

@@ -30,8 +30,8 @@ from dask.utils import format_bytes
 
 from distkm import config
 from distkm.engine import lloyd
-from distkm.engine.final import final_pass
 from distkm.engine.cache import CachedRows, cache_on_client
+from distkm.engine.final import final_pass
 from distkm.engine.init import init_centers
 from distkm.engine.minibatch import minibatch
 
@@ -272,9 +272,15 @@ def fit(rows, settings, random_state, *, checkpoint=None, final=None, progress=N
     Returns
     -------
     FitResult
+
+    Raises
+    ------
+    ValueError
+        The rows hold values too large for the compute dtype (:func:`check_range`).
     """
     report = progress or (lambda event, **info: None)
     summary, dtype = rows.summary, np.dtype(settings.dtype)
+    check_range(summary, dtype, rows.dtype)
     tol = lloyd.tolerance(summary, settings.tol)
     passes = dict(split_every=settings.split_every, block_rows=settings.block_rows)
     single_run = _single_run(rows, settings, tol)
@@ -319,6 +325,22 @@ def fit(rows, settings, random_state, *, checkpoint=None, final=None, progress=N
                                   **passes, **final).evaluation
     return FitResult(best["centers"].astype(dtype), best["n_iter"], best["inertia"],
                      np.asarray(best["sizes"], dtype=np.int64), best["history"], tol, tables)
+
+
+def check_range(summary, dtype, data_dtype):
+    """Refuse data whose squared norms the compute dtype cannot hold (distances would be inf, then NaN).
+
+    A dot product of a row and a center is at most the sum of the rows'
+    squared norms, so when that sum fits (with room for the factor 2 of the
+    distances and the GEMM's partial sums) no distance can overflow.
+    """
+    limit = float(np.finfo(dtype).max) / 16
+    if np.isfinite(summary.weighted_sq_norm) and summary.weighted_sq_norm <= limit and np.isfinite(summary.m2).all():
+        return
+    advice = ("pass dtype='float64'" if dtype == np.float32 else
+              "scale the data down (k-means is scale-equivariant)")
+    raise ValueError(f"X holds values too large for k-means in {dtype.name} (data dtype {data_dtype}): the sum of "
+                     f"squared row norms exceeds {limit:.1e}, so distances would overflow; {advice}")
 
 
 def _single_run(rows, settings, tol):

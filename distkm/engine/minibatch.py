@@ -26,8 +26,8 @@ from functools import partial
 import numpy as np
 
 from distkm import kernels
-from distkm.engine.lloyd import LloydResult
 from distkm.engine.graph import map_reduce
+from distkm.engine.lloyd import LloydResult
 from distkm.engine.run import compute
 from distkm.kernels.assign import prepare_centers
 

@@ -15,6 +15,12 @@ import time
 import uuid
 
 import dask
+from dask.base import get_scheduler
+from dask.utils import parse_timedelta
+from distributed import as_completed, default_client, progress
+from distributed.client import FutureCancelledError
+from distributed.comm.core import CommClosedError
+from tqdm.auto import tqdm
 
 from distkm import config
 
@@ -47,14 +53,9 @@ def compute(*jobs, label=None, optimize_graph=True):
     watchdog = _NoWorkersWatchdog(client, futures, label or "computation")
     try:
         if show and sys.stdout.isatty():
-            from distributed import progress
-
             progress(futures, notebook=False)  # clears its line when done
         results = tuple(client.gather(futures))
     except Exception as e:
-        from distributed.client import FutureCancelledError
-        from distributed.comm.core import CommClosedError
-
         if watchdog.gave_up:
             raise RuntimeError(watchdog.gave_up) from None
         if isinstance(e, (CommClosedError, FutureCancelledError)) or client.status not in ("running", "connecting"):
@@ -71,13 +72,9 @@ def compute(*jobs, label=None, optimize_graph=True):
 def active_client():
     """The distributed client that dask would compute on now, or ``None`` (no client, or another scheduler chosen)."""
     try:
-        from distributed import default_client
-
         client = default_client()
-    except (ImportError, ValueError):
+    except ValueError:  # no client
         return None
-    from dask.base import get_scheduler
-
     return client if get_scheduler() == client.get else None
 
 
@@ -112,8 +109,6 @@ class _NoWorkersWatchdog:
     """Watches a computation's cluster: says when it has no workers, cancels the work after the timeout."""
 
     def __init__(self, client, futures, what):
-        from dask.utils import parse_timedelta
-
         self.client, self.futures, self.what = client, futures, what
         self.timeout = parse_timedelta(config.get("no-workers-timeout"))
         self.gave_up = None
@@ -160,8 +155,6 @@ def run_chunk_tasks(task, chunk_ids, rows, *, name, progress=True, desc="rows"):
     name : str
         Task name shown on the dashboard (``distkm-<name>``).
     """
-    from tqdm.auto import tqdm
-
     if not chunk_ids:
         return
     token = uuid.uuid4().hex
@@ -179,8 +172,6 @@ def run_chunk_tasks(task, chunk_ids, rows, *, name, progress=True, desc="rows"):
         if client is None:  # dask's local scheduler: the bar moves once, at the end
             bar.update(sum(dask.compute(*jobs)))
             return
-        from distributed import as_completed
-
         for future in as_completed(client.compute(jobs)):
             bar.update(future.result())
             future.release()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from distkm import config
+from distkm.evaluation.evaluate import evaluate_store, plan_evaluation
 from distkm.io import locations
 from distkm.io.outputs import write_text_atomic
 from distkm.io.stores import printable
@@ -33,9 +35,6 @@ def evaluation_plan_for(store, split, *, pictures=True, n_members=None, silhouet
     Clusters are mapped to classes on the fitted split (else on ``train``);
     members are kept for the pictures only.
     """
-    from distkm import config
-    from distkm.evaluation.evaluate import plan_evaluation
-
     members = config.get("members") if n_members is None else n_members
     return plan_evaluation(store, mapping_split=split if split in store.attrs.get("splits", {}) else None,
                            n_members=members if pictures else 0, silhouette_sample=silhouette_sample, seed=seed)
@@ -67,8 +66,6 @@ def report_run(run_dir, model, meta, store, *, evaluate=True, pictures=True, n_m
     -------
     distkm.evaluation.evaluate.Evaluation or None
     """
-    from distkm.evaluation.evaluate import evaluate_store
-
     evaluation = None
     if evaluate:
         plan = evaluation_plan_for(store, meta.get("data", {}).get("split"), pictures=pictures, n_members=n_members,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from dask.utils import parse_timedelta
 
 from distkm import config
 from distkm.io import locations
@@ -227,8 +228,6 @@ def download_idx(dataset, *, cache=None, urls=None, timeout=None):
     DownloadError
         A file failed on every mirror: names the file and each mirror's reason.
     """
-    from dask.utils import parse_timedelta
-
     spec = DATASETS[dataset]
     folder = Path(cache) if cache is not None else data_cache(dataset)
     urls = list(urls) if urls is not None else mirrors(dataset)
@@ -258,10 +257,10 @@ def download_idx(dataset, *, cache=None, urls=None, timeout=None):
             try:
                 size = _download(url, folder / name, expected[name], timeout)
             except _Failed as e:
-                failures.append(f"{url}: {e}")
+                failures.append(f"{locations.public_url(url)}: {e}")
                 continue
             earlier = f" (after {'; '.join(failures)})" if failures else ""
-            logger.info(f"downloaded {name} ({_size(size)}) from {base} into {folder}{earlier}")
+            logger.info(f"downloaded {name} ({_size(size)}) from {locations.public_url(base)} into {folder}{earlier}")
             # The mirror that answered goes first for the other files: a dead one costs its timeout once, not 4 times.
             urls.remove(base)
             urls.insert(0, base)

@@ -16,6 +16,7 @@ import logging
 from contextlib import contextmanager
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from distkm import config
 from distkm.io import locations
@@ -54,8 +55,6 @@ def open_image(path):
     then an error at twice its default) stands aside while the file is open:
     this one replaces it, in distkm's words.
     """
-    from PIL import Image, UnidentifiedImageError
-
     limit = config.get_int("max-image-pixels")
     previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
@@ -80,8 +79,6 @@ def decoded(img, mode, path):
     white): they are scaled to 8 bits instead. An alpha channel and the
     frames of an animation after the first are dropped, with a log line.
     """
-    from PIL import Image, ImageOps
-
     frames = getattr(img, "n_frames", 1)
     if frames > 1:
         logger.warning("%s: an animation of %d frames; only the first is used", path, frames)
@@ -96,8 +93,6 @@ def decoded(img, mode, path):
 
 def load_image(path, *, size, mode="L", fit="pad", invert=False):
     """One image file as a ``size + (channels,)`` uint8 array (channels dropped for "L")."""
-    from PIL import Image, ImageOps
-
     height, width = size
     with open_image(path) as img:
         img = decoded(img, mode, path)

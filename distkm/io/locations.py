@@ -23,6 +23,10 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+import fsspec
+from fsspec.registry import known_implementations
+from zarr.storage import FsspecStore
+
 from distkm import config
 
 #: Files that make a folder a store, a run or a sweep (copied last, so that a half-copied output is never one).
@@ -40,9 +44,6 @@ def _implementation(scheme):
 
     Aliases share one: ``s3``/``s3a``, ``gs``/``gcs``, ``abfs``/``az``, ``file``/``local``.
     """
-    import fsspec
-    from fsspec.registry import known_implementations
-
     try:
         cls = fsspec.get_filesystem_class(scheme)
     except (ImportError, ValueError):  # not installed (then named as fsspec knows it), or unknown
@@ -99,8 +100,6 @@ def canonical(path):
     scheme = _scheme(url)
     implementation = _implementation(scheme)
     try:
-        import fsspec
-
         inner = fsspec.get_filesystem_class(scheme)._strip_protocol(url)
     except (ImportError, ValueError):  # its package is missing: the URL cannot be opened, only compared
         inner = url.split("://", 1)[1]
@@ -128,8 +127,6 @@ def filesystem(url):
     ImportError
         The protocol's package is not installed (named, with the pip command).
     """
-    import fsspec
-
     try:
         return fsspec.core.url_to_fs(url, **storage_options(url))
     except ImportError as e:
@@ -142,8 +139,6 @@ def filesystem(url):
 
 def zarr_store(url, *, read_only=True):
     """A zarr :class:`~zarr.storage.FsspecStore` over ``url``."""
-    from zarr.storage import FsspecStore
-
     filesystem(url)  # a missing package named here, not deep inside zarr
     # from_url makes the filesystem asynchronous, on zarr's own event loop.
     return FsspecStore.from_url(url, storage_options=storage_options(url), read_only=read_only)

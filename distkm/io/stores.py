@@ -99,7 +99,7 @@ class ImageStore:
             return 0, self.images.shape[0]
         splits = self.attrs.get("splits", {})
         if split not in splits:
-            raise ValueError(f"store {str(self.path)!r} has no split {split!r} "
+            raise ValueError(f"store {locations.public_url(self.path)!r} has no split {split!r} "
                              f"(it has: {', '.join(map(printable, splits)) or 'none'})")
         start, stop = splits[split]
         return int(start), int(stop)
@@ -342,3 +342,28 @@ def mark_complete(path, **extra):
     group = zarr.open_group(zarr_location(path, read_only=False), mode="r+")
     attrs = dict(group.attrs["distkm"])
     group.attrs["distkm"] = {**attrs, **extra, "complete": True}
+
+
+def as_dask_weights(sample_weight, x):
+    """Sample weights as a dask array chunked like ``x``'s rows, or ``None``.
+
+    Raises
+    ------
+    ValueError
+        A weight is not finite or negative, all weights are 0, or their shape is not ``(n_samples,)``.
+    """
+    if sample_weight is None:
+        return None
+    if isinstance(sample_weight, da.Array):
+        w = sample_weight.astype(np.float64)
+    else:
+        w = np.asarray(sample_weight, dtype=np.float64)
+        if w.ndim == 0:
+            w = np.full(x.shape[0], float(w))
+    if w.shape != (x.shape[0],):
+        raise ValueError(f"sample_weight has shape {w.shape}, expected ({x.shape[0]},)")
+    w = da.asarray(w).rechunk((x.chunks[0],))
+    finite, negative, total = da.compute(da.isfinite(w).all(), (w < 0).any(), w.sum())
+    if not finite or negative or total <= 0:
+        raise ValueError("sample_weight must be finite and non-negative, with at least one non-zero weight")
+    return w

@@ -1,6 +1,5 @@
 """distkm.KMeans against scikit-learn's Lloyd, on MNIST test images, on a real LocalCluster."""
 
-import re
 import time
 
 import dask
@@ -14,8 +13,7 @@ from sklearn.cluster import KMeans as SKMeans
 
 from distkm import KMeans
 from distkm.io.stores import open_store
-
-from .conftest import random_rows
+from tests.helpers import partial_stats_passes, random_rows
 
 
 @pytest.mark.parametrize("k", [10, 64])
@@ -49,6 +47,14 @@ def test_kmeans_plusplus_on_all_rows_is_sklearns(client, mnist_test_store, mnist
     assert ours.n_iter_ == ref.n_iter_
 
 
+def test_kmeans_parallel_is_as_good_as_kmeans_plusplus(client, mnist_test_store, mnist_test):
+    """Converged inertia from k-means|| within 1% of scikit-learn's k-means++ fit, on MNIST test."""
+    X, _ = mnist_test
+    ours = KMeans(10, init="k-means||", random_state=0, dtype="float64").fit(mnist_test_store)
+    ref = min(SKMeans(10, n_init=1, random_state=seed).fit(X.astype(np.float64)).inertia_ for seed in range(3))
+    assert ours.inertia_ <= 1.01 * ref
+
+
 @pytest.mark.parametrize("tol", [1e-1, 1e-2, 1e-4])
 def test_tol_stops_where_sklearn_stops(client, mnist_test_store, mnist_test, tol):
     X, _ = mnist_test
@@ -65,13 +71,6 @@ def test_max_iter_stops_the_loop(client, mnist_test_store, mnist_test):
     X, _ = mnist_test
     ours = KMeans(10, init=random_rows(X, 10), max_iter=3, dtype="float64").fit(mnist_test_store)
     assert ours.n_iter_ == 3 and len(ours.history_) == 3
-
-
-def partial_stats_passes(stream):
-    """Lloyd passes in a task stream: the distinct tokens of the distkm-partial-stats tasks (a pass with
-    per-chunk state has a result task beside its chunk tasks)."""
-    return len({re.search(r"distkm-partial-stats-([0-9a-f]+)", str(t["key"])).group(1) for t in stream.data
-                if key_split(t["key"]) == "distkm-partial-stats"})
 
 
 def test_empty_cluster_is_relocated_as_sklearn_does(client):
@@ -133,24 +132,6 @@ def test_cache_keeps_chunks_on_workers_and_changes_nothing(client, mnist_test_st
     assert not any(client.has_what().values())
 
 
-def test_out_of_core_chunks_are_read_inside_their_own_tasks(client, mnist_test_store, mnist_test):
-    """Out of core, each pass is one task per chunk that reads and computes (no read task apart), and
-    the result is the cached fit's to the bit."""
-    from collections import Counter
-
-    from distributed import get_task_stream
-
-    init = random_rows(mnist_test[0], 10)
-    with get_task_stream(client) as stream:
-        uncached = KMeans(10, init=init, max_iter=3, tol=0, cache=False).fit(mnist_test_store)
-    tasks = Counter(key_split(t["key"]) for t in stream.data)
-    # 10 chunks of 1,000 rows: the summary pass, 3 iterations, the final statistics
-    assert tasks["distkm-read"] == 0, tasks
-    assert (tasks["distkm-summary"], tasks["distkm-partial-stats"], tasks["distkm-final-pass"]) == (10, 30, 10)
-    cached = KMeans(10, init=init, max_iter=3, tol=0, cache=True).fit(mnist_test_store)
-    assert uncached.cluster_centers_.tobytes() == cached.cluster_centers_.tobytes()
-
-
 @pytest.mark.parametrize("dtype, split_every, weighted", [("float32", 8, False), ("float64", 2, True),
                                                          ("float32", 3, True)])
 def test_cached_blocks_give_the_bits_of_the_uncached_tree(client, mnist_test_store, dtype, split_every, weighted):
@@ -169,38 +150,6 @@ def test_cached_blocks_give_the_bits_of_the_uncached_tree(client, mnist_test_sto
     assert fits[True].cluster_centers_.tobytes() == fits[False].cluster_centers_.tobytes()
     assert fits[True].inertia_ == fits[False].inertia_
     assert [h["inertia"] for h in fits[True].history_] == [h["inertia"] for h in fits[False].history_]
-
-
-@pytest.mark.parametrize("dtype, weighted, cache", [("float32", False, True), ("float64", True, True),
-                                                    ("float32", True, False)])
-def test_iterations_batched_in_one_task_give_the_bits_of_one_task_each(client, tmp_path, mnist_test, dtype,
-                                                                       weighted, cache):
-    """Data that a pass reads in one task (one cached block, one chunk) runs its iterations in batches
-    inside that task: same centers, inertia and history as one iteration a task (batch-seconds 0)."""
-    from distributed import get_task_stream
-
-    from distkm.io.stores import write_store
-
-    X, _ = mnist_test
-    if cache:
-        data = da.from_array(X[:3000], chunks=(500, 784))  # 6 chunks: one block of the cache
-    else:
-        data = tmp_path / "one-chunk.zarr"
-        write_store(data, X[:3000], None, {}, chunk_rows=3000)
-    weights = np.random.RandomState(0).rand(3000) * 3 if weighted else None
-    init = random_rows(X, 10, seed=5)
-    fits, tasks = {}, {}
-    for seconds in (0, 1e-9, 60):  # one a task, one a task through the batch path, all in one task
-        with dask.config.set({"distkm.iteration-batch-seconds": seconds}), get_task_stream(client) as stream:
-            fits[seconds] = KMeans(10, init=init, max_iter=12, tol=0, dtype=dtype, cache=cache).fit(
-                data, sample_weight=weights)
-        tasks[seconds] = partial_stats_passes(stream)
-    assert tasks == {0: 12, 1e-9: 12, 60: 1}
-    for seconds in (1e-9, 60):
-        assert fits[seconds].cluster_centers_.tobytes() == fits[0].cluster_centers_.tobytes()
-        assert fits[seconds].inertia_ == fits[0].inertia_
-        assert ([(h["iteration"], h["inertia"], h["center_shift"]) for h in fits[seconds].history_]
-                == [(h["iteration"], h["inertia"], h["center_shift"]) for h in fits[0].history_])
 
 
 def test_numpy_in_numpy_out_dask_in_lazy_out(client, mnist_test):

@@ -6,8 +6,7 @@ from sklearn.cluster import KMeans as SKMeans
 
 from distkm import KMeans
 from distkm.io.stores import open_store
-
-from .conftest import random_rows
+from tests.helpers import random_rows
 
 
 def test_one_step_over_every_chunk_is_one_lloyd_iteration(client, mnist_test_store, mnist_test):

@@ -7,6 +7,7 @@ from PIL import Image
 from distkm.apps.ingest import ingest_image_folder
 from distkm.io.folders import load_image
 from distkm.io.stores import open_store
+from tests.helpers import DISTKM
 
 
 def save(path, array):
@@ -71,16 +72,13 @@ def test_empty_folder(tmp_path):
 
 def test_ingest_folder_command(labelled, tmp_path):
     import subprocess
-    import sys
-    from pathlib import Path
 
-    distkm = str(Path(sys.executable).with_name("distkm"))
-    result = subprocess.run([distkm, "ingest", "folder", "--source", str(labelled), "--size", "16x12",
+    result = subprocess.run([DISTKM, "ingest", "folder", "--source", str(labelled), "--size", "16x12",
                              "--fit", "crop", "--out", str(tmp_path / "f.zarr"), "--quiet"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "6 images as 16x12 rows (L, crop, 2 labelled classes)" in result.stdout
     assert open_store(tmp_path / "f.zarr").images.shape == (6, 192)
-    missing = subprocess.run([distkm, "ingest", "folder", "--out", str(tmp_path / "g.zarr")],
+    missing = subprocess.run([DISTKM, "ingest", "folder", "--out", str(tmp_path / "g.zarr")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 1 and "needs --source DIR" in missing.stderr

@@ -10,8 +10,7 @@ import zarr
 
 from distkm.io.datasets import DATASETS, ingest_idx, md5sum, read_idx
 from distkm.io.stores import open_store
-
-from .conftest import MNIST_DIR
+from tests.helpers import MNIST_DIR
 
 
 def test_mnist_store_layout(mnist_store):

@@ -1,21 +1,17 @@
 """Images as users have them: 16-bit, with alpha, animated, and bombs that claim more pixels than they hold."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-DISTKM = str(Path(sys.executable).with_name("distkm"))
+from tests.helpers import distkm
 
 
-def distkm(*argv, env=None):
-    return subprocess.run([DISTKM, *map(str, argv), "--n-workers", "1"], capture_output=True, text=True,
-                          timeout=180, env={**os.environ, **(env or {})})
+def on_one_worker(*argv, env=None):
+    """``distkm ARGV`` on one worker (the images here are small)."""
+    return distkm(*argv, "--n-workers", "1", env=env, timeout=180)
 
 
 def palette(out):
@@ -27,7 +23,7 @@ def test_a_16_bit_png_is_scaled_not_clipped(tmp_path):
     ramp = np.repeat(np.linspace(0, 65535, 64).astype(np.uint16)[None, :], 32, axis=0)  # dark to light
     Image.fromarray(ramp).save(tmp_path / "deep.png")
     assert Image.open(tmp_path / "deep.png").mode.startswith("I")
-    result = distkm("quantize", tmp_path / "deep.png", "--k", "2", "--out", tmp_path / "q.png", "--quiet")
+    result = on_one_worker("quantize", tmp_path / "deep.png", "--k", "2", "--out", tmp_path / "q.png", "--quiet")
     assert result.returncode == 0, result.stderr
     (dark, *_), (light, *_) = palette(tmp_path / "q.png")
     assert dark < 80 and light > 170, palette(tmp_path / "q.png")  # clipped, both were 255: all white
@@ -41,7 +37,7 @@ def test_what_is_dropped_is_said(tmp_path):
     frames[0].save(tmp_path / "moving.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
     for name, words in (("alpha.png", "its alpha channel (transparency) is dropped"),
                         ("moving.gif", "an animation of 3 frames; only the first is used")):
-        result = distkm("quantize", tmp_path / name, "--k", "2", "--out", tmp_path / f"q-{name}.png")
+        result = on_one_worker("quantize", tmp_path / name, "--k", "2", "--out", tmp_path / f"q-{name}.png")
         assert result.returncode == 0 and words in result.stderr, result.stderr
 
 
@@ -55,7 +51,7 @@ def test_an_image_over_the_pixel_limit_is_refused_naming_the_file(tmp_path):
     for argv, path in ((["quantize", tmp_path / "big.png", "--k", "2", "--out", tmp_path / "q.png"], "big.png"),
                        (["ingest", "folder", "--source", folder, "--out", tmp_path / "s.zarr", "--quiet"],
                         "folder/big.png")):
-        result = distkm(*argv, env=limit)
+        result = on_one_worker(*argv, env=limit)
         assert result.returncode == 1 and expected in result.stderr and path in result.stderr, result.stderr
         assert result.stderr.count("\n") == 1, result.stderr
     assert not (tmp_path / "q.png").exists() and not (tmp_path / "s.zarr").exists()
@@ -64,7 +60,7 @@ def test_an_image_over_the_pixel_limit_is_refused_naming_the_file(tmp_path):
 @pytest.mark.parametrize("size", [(30, 20)])
 def test_images_within_the_limit_still_work(tmp_path, size):
     Image.new("RGB", size, "red").save(tmp_path / "ok.png")
-    result = distkm("quantize", tmp_path / "ok.png", "--k", "1", "--out", tmp_path / "q.png", "--quiet",
+    result = on_one_worker("quantize", tmp_path / "ok.png", "--k", "1", "--out", tmp_path / "q.png", "--quiet",
                     env={"DASK_DISTKM__MAX_IMAGE_PIXELS": str(size[0] * size[1])})
     assert result.returncode == 0, result.stderr
     assert palette(tmp_path / "q.png") == [(255, 0, 0)]

@@ -4,8 +4,7 @@ import json
 import math
 import os
 import socket
-import subprocess
-import sys
+from functools import partial
 
 import dask
 import numpy as np
@@ -15,40 +14,26 @@ import zarr
 from distkm import KMeans
 from distkm.cli import main
 from distkm.estimator import load_model
+from tests.helpers import ROOT, distkm, random_rows
 
-from .conftest import random_rows
-
-
-def run(*args, check=True):
-    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "distkm"), *map(str, args)],
-                            capture_output=True, text=True, timeout=300)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+run = partial(distkm, check=True)  # a command that must succeed
 
 
-@pytest.fixture(scope="module")
-def fitted_run(tmp_path_factory, mnist_test_store):
-    out = tmp_path_factory.mktemp("runs") / "k10"
-    result = run("fit", mnist_test_store, "--k", 10, "--out", out, "--seed", 0, "--max-iter", 12, "--n-workers", 2)
-    return out, result
-
-
-def test_fit_writes_a_complete_run_folder(fitted_run, mnist_test_store):
-    out, result = fitted_run
+def test_fit_writes_a_complete_run_folder(small_run, mnist_test_store):
+    out, result = small_run
     assert sorted(p.name for p in out.iterdir()) == ["centroids.zarr", "evaluation.json", "labels.zarr",
                                                      "model.json", "pictures", "report.md"]
     meta = json.loads((out / "model.json").read_text())
-    assert meta["params"] == {"n_clusters": 10, "init": "k-means++", "n_init": "auto", "max_iter": 12,
+    assert meta["params"] == {"n_clusters": 10, "init": "k-means++", "n_init": "auto", "max_iter": 20,
                               "tol": 1e-4, "random_state": 0, "dtype": None, "algorithm": "auto"}
     assert meta["dtype"] == "float32"  # dtype=None: uint8 pixels are computed in float32
     assert meta["data"]["path"] == str(mnist_test_store.resolve()) and meta["data"]["n_samples"] == 10000
-    assert meta["n_iter"] == len(meta["history"]) <= 12
+    assert meta["n_iter"] == len(meta["history"]) <= 20
     assert sum(meta["cluster_sizes"]) == 10000
     assert set(meta["versions"]) >= {"dask", "distributed", "numpy", "zarr", "scikit-learn", "distkm"}
     # The same seed through the Python API gives the same bits.
     with dask.config.set(scheduler="sync"):
-        api = KMeans(10, random_state=0, max_iter=12).fit(mnist_test_store)
+        api = KMeans(10, random_state=0, max_iter=20).fit(mnist_test_store)
     centers = zarr.open_array(out / "centroids.zarr", mode="r")[...]
     assert centers.tobytes() == api.cluster_centers_.tobytes()
     assert meta["inertia"] == api.inertia_
@@ -58,9 +43,9 @@ def test_fit_writes_a_complete_run_folder(fitted_run, mnist_test_store):
     assert "Iteration 1, inertia" in result.stdout and f"results in {out}" in result.stdout
 
 
-def test_fit_on_an_existing_scheduler_gives_the_same_bits(fitted_run, cluster, mnist_test_store, tmp_path):
-    out, _ = fitted_run
-    result = run("fit", mnist_test_store, "--k", 10, "--out", tmp_path / "remote", "--seed", 0, "--max-iter", 12,
+def test_fit_on_an_existing_scheduler_gives_the_same_bits(small_run, cluster, mnist_test_store, tmp_path):
+    out, _ = small_run
+    result = run("fit", mnist_test_store, "--k", 10, "--out", tmp_path / "remote", "--seed", 0, "--max-iter", 20,
                  "--scheduler", cluster.scheduler_address)
     assert f"on {mnist_test_store}" in result.stdout and "2 workers" in result.stdout
     remote = zarr.open_array(tmp_path / "remote" / "centroids.zarr", mode="r")[...]
@@ -116,8 +101,8 @@ def test_each_local_cluster_gets_its_own_worker_environment(monkeypatch):
         assert "DISTKM_TEST_VAR" not in os.environ and os.environ["DISTKM_USER_VAR"] == "from the shell"
 
 
-def test_predict_assigns_new_data_out_of_core(fitted_run, mnist_store, tmp_path):
-    out, _ = fitted_run
+def test_predict_assigns_new_data_out_of_core(small_run, mnist_store, tmp_path):
+    out, _ = small_run
     target = tmp_path / "labels.zarr"
     run("predict", out, mnist_store, "--split", "train", "--out", target, "--n-workers", 2)
     labels = zarr.open_array(target, mode="r")
@@ -128,10 +113,10 @@ def test_predict_assigns_new_data_out_of_core(fitted_run, mnist_store, tmp_path)
         np.testing.assert_array_equal(labels[...], model.predict(train))
 
 
-def test_model_loads_without_pickle_and_refuses_tampering(fitted_run, tmp_path):
+def test_model_loads_without_pickle_and_refuses_tampering(small_run, tmp_path):
     import shutil
 
-    out, _ = fitted_run
+    out, _ = small_run
     model, meta = load_model(out)
     assert model.cluster_centers_.shape == (10, 784) and model.n_iter_ == meta["n_iter"]
     bad = tmp_path / "bad"
@@ -243,7 +228,7 @@ def test_fit_with_kmeans_parallel_init_and_minibatch(tmp_path, mnist_test_store)
 
 
 def test_ingest_command(tmp_path):
-    from .conftest import MNIST_DIR
+    from tests.helpers import MNIST_DIR
 
     result = run("ingest", "mnist", "--source", MNIST_DIR, "--out", tmp_path / "m.zarr", "--chunk-rows", 30000)
     assert "train 60,000, test 10,000 rows" in result.stdout
@@ -277,9 +262,8 @@ def test_bad_cluster_config(tmp_path, capsys, mnist_test_store, content, message
 
 
 def test_cluster_configs_shipped_in_the_repository_work(tmp_path, cluster, mnist_test_store):
-    from pathlib import Path
 
-    configs = Path(__file__).resolve().parents[1] / "cluster-configs"
+    configs = ROOT / "cluster-configs"
     local = tmp_path / "local.yaml"
     local.write_text((configs / "local.yaml").read_text().replace('"127.0.0.1:8787"', "null"))
     address = tmp_path / "address.yaml"

@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from distkm.apps.augment import augment_store
 from distkm.io.outputs import partial_path
 from distkm.io.stores import open_store, write_store
 from distkm.kernels.distort import Distortions, distort, random_distortions
+from tests.helpers import DISTKM
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_store_content_labels_follow_images(tmp_path, client, mnist_test_store, 
 
 def test_killed_generation_resumes_to_the_same_bytes(tmp_path, client, mnist_test_store):
     out = tmp_path / "big.zarr"
-    argv = [str(Path(sys.executable).with_name("distkm")), "augment", str(mnist_test_store), "--n", "60000",
+    argv = [DISTKM, "augment", str(mnist_test_store), "--n", "60000",
             "--chunk-rows", "500", "--no-originals", "--seed", "3", "--out", str(out), "--n-workers", "2", "--quiet"]
     proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     chunk_dir = partial_path(out) / "images" / "c"

@@ -10,8 +10,7 @@ from distkm.evaluation.evaluate import evaluate_store
 from distkm.evaluation.metrics import majority_mapping, mapped_accuracy, scores_from_table
 from distkm.io.stores import open_store, write_store
 from distkm.kernels.sampling import merge_top_rows, random_keys, top_rows
-
-from .conftest import random_rows
+from tests.helpers import random_rows
 
 
 def _labels_of(model, x):
@@ -225,45 +224,3 @@ def test_unlabelled_data_gets_inertia_and_sizes_only(tmp_path, client):
     assert sorted(part.cluster_sizes.tolist()) == [1000, 1000, 1000]
     assert part.silhouette > 0.7  # three well separated blobs
     assert "accuracy" not in evaluation.table()
-
-
-def test_one_pass_after_convergence_gives_what_separate_passes_give(client, mnist_test, tmp_path):
-    """`distkm fit` reads its rows once after convergence (labels, exact statistics, evaluation tables) and
-    gets what the separate passes get: the labels of predict, the inertia of score, the evaluation of evaluate."""
-    from collections import Counter
-
-    import zarr
-    from dask.utils import key_split
-    from distributed import get_task_stream
-
-    from distkm.apps.fit import FitJob
-    from distkm.estimator import load_model
-    from distkm.evaluation.report import evaluation_plan_for
-
-    x, y = mnist_test
-    path = tmp_path / "split.zarr"
-    write_store(path, x, y, {"image_shape": [28, 28], "splits": {"train": [0, 8000], "test": [8000, 10000]}},
-                chunk_rows=1000)
-    out = tmp_path / "run"
-    job = FitJob(path, out, params={"n_clusters": 6, "random_state": 0, "cache": False}, split="train")
-    with get_task_stream(client) as stream, job.working():
-        meta, evaluation = job.run(pictures=True)
-    job.publish()
-    tasks = Counter(key_split(t["key"]) for t in stream.data)
-    # After convergence: the 8 training chunks once (final pass), the 2 test chunks for their evaluation.
-    assert (tasks["distkm-final-pass"], tasks["distkm-evaluation"], tasks["distkm-labels"]) == (8, 2, 0), tasks
-
-    model, _ = load_model(out)
-    store = open_store(path)
-    train = store.images[:8000]
-    np.testing.assert_array_equal(zarr.open_array(out / "labels.zarr", mode="r")[...], model.predict(train).compute())
-    assert -model.score(train) == meta["inertia"] == model.inertia_
-    separate = evaluate_store(model, store, plan=evaluation_plan_for(store, "train", pictures=True))
-    for name in ("train", "test"):
-        ours, theirs = evaluation.splits[name], separate.splits[name]
-        np.testing.assert_array_equal(ours.table, theirs.table)
-        assert (ours.inertia, ours.scores, ours.silhouette) == (theirs.inertia, theirs.scores, theirs.silhouette)
-    for part in ("nearest", "random"):
-        np.testing.assert_array_equal(getattr(evaluation.splits["train"], part).index,
-                                      getattr(separate.splits["train"], part).index)
-    assert evaluation.splits["train"].scores["accuracy"] > 0.4  # six clusters of digits: far above chance

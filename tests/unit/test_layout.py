@@ -1,11 +1,12 @@
 """The layers of the package, checked from the source: kernels import no dask, nothing imports upward."""
 
 import ast
-from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "distkm"
+from tests.helpers import ROOT
+
+PACKAGE = ROOT / "distkm"
 
 #: What each subpackage may import from distkm (besides itself and distkm.config).
 ALLOWED = {
@@ -44,3 +45,30 @@ def test_nothing_imports_upward(subpackage):
         used = {name.split(".")[1] for name in imports(path) if name.startswith("distkm.")}
         upward = used - ALLOWED[subpackage] - {subpackage, "config"}
         assert not upward, f"{path.relative_to(PACKAGE.parent)} imports {sorted(upward)}"
+
+
+#: Imports made inside functions on purpose, and why.
+DEFERRED = {
+    "distkm.evaluation.pictures": "matplotlib, imported only when a picture is drawn",
+    "dask_jobqueue": "optional: SLURM clusters",
+    "dask_kubernetes.operator": "optional: Kubernetes clusters",
+    "distributed": "SSHCluster needs the optional asyncssh",
+    "distkm.estimator": "distkm/__init__.py: workers never import scikit-learn (PEP 562)",
+    "distkm.io.stores": "distkm/__init__.py: open_store on first use (PEP 562)",
+    "distkm.cli.commands": "after parsing: --help, --version and usage errors answer at once",
+}
+
+
+def test_imports_are_at_the_top_of_modules_but_for_the_deferred_few():
+    deferred = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        top = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top:
+                if isinstance(node, ast.ImportFrom):  # from M import N: M, or M.N when N is a module
+                    names = [node.module if node.module in DEFERRED else f"{node.module}.{a.name}" for a in node.names]
+                else:
+                    names = [a.name for a in node.names]
+                deferred += [f"{path.relative_to(PACKAGE.parent)}: {name}" for name in names if name not in DEFERRED]
+    assert not deferred, deferred

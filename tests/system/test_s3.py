@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -20,9 +19,8 @@ from distributed import Client, LocalCluster
 
 from distkm import KMeans
 from distkm.io.stores import open_store
-
-from .conftest import random_rows
-from .services import free_port, s3_server
+from tests.helpers import DISTKM, distkm, random_rows
+from tests.services import free_port, s3_server
 
 pytest.importorskip("s3fs", reason="S3 tests need s3fs and moto (pip install -e '.[test]')")
 pytest.importorskip("moto", reason="S3 tests need s3fs and moto (pip install -e '.[test]')")
@@ -47,9 +45,6 @@ def s3_client(s3):
         yield client
 
 
-def distkm(*args, env=None, timeout=300):
-    return subprocess.run([os.path.join(os.path.dirname(sys.executable), "distkm"), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
 def objects(s3, prefix=""):
@@ -164,7 +159,7 @@ def test_interrupted_augment_to_s3_resumes(s3, s3_mnist):
     out, whole = f"s3://{s3.bucket}/aug-resumed.zarr", f"s3://{s3.bucket}/aug-whole.zarr"
     args = ["augment", s3_mnist, "--split", "test", "--n", 8000, "--seed", 2, "--chunk-rows", 1000, "--quiet",
             "--n-workers", 1]
-    first = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "distkm"), *map(str, args), "--out", out],
+    first = subprocess.Popen([DISTKM, *map(str, args), "--out", out],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 120
     while len(objects(s3, "aug-resumed.zarr.partial/images/c/")) < 3 and first.poll() is None:

@@ -42,9 +42,8 @@ import pytest
 from distkm import KMeans
 from distkm.io.datasets import SHIPPED_MNIST, ingest_idx
 from distkm.io.stores import open_store
-
-from .conftest import random_rows
-from .services import BIN, _stop, s3_server
+from tests.helpers import random_rows
+from tests.services import BIN, _stop, s3_server
 
 pytestmark = pytest.mark.multihost
 

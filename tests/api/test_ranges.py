@@ -8,6 +8,7 @@ from sklearn.cluster import KMeans as SKKMeans
 
 from distkm import KMeans
 from distkm.cli import main
+from tests.helpers import DISTKM
 
 pytestmark = pytest.mark.filterwarnings("error::RuntimeWarning")  # refused in words, not in numpy warnings
 
@@ -55,16 +56,13 @@ def test_the_cli_refuses_them_in_one_line(tmp_path, capsys):
 
 def test_inf_in_a_store_is_one_line_and_no_numpy_warning(tmp_path):
     import subprocess
-    import sys
-    from pathlib import Path
 
     store = tmp_path / "inf.zarr"
     z = zarr.create_array(store=store, shape=(60, 4), chunks=(20, 4), dtype="float64")
     values = np.random.RandomState(0).rand(60, 4)
     values[7, 2], values[45, 0] = np.inf, -np.inf
     z[:] = values
-    distkm = str(Path(sys.executable).with_name("distkm"))
-    result = subprocess.run([distkm, "fit", str(store), "--k", "3", "--out", str(tmp_path / "run"), "--quiet",
+    result = subprocess.run([DISTKM, "fit", str(store), "--k", "3", "--out", str(tmp_path / "run"), "--quiet",
                              "--n-workers", "1"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [

@@ -3,17 +3,14 @@
 import http.server
 import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from distkm.io.stores import write_store
-
-DISTKM = str(Path(sys.executable).with_name("distkm"))
+from tests.helpers import DISTKM
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import dask
 import numpy as np
@@ -23,8 +21,7 @@ from distkm.cluster.client import dask_client, report_lost_workers
 from distkm.engine.final import write_labels
 from distkm.io.outputs import partial_path
 from distkm.io.stores import write_store
-
-DISTKM = str(Path(sys.executable).with_name("distkm"))
+from tests.helpers import DISTKM
 
 
 @pytest.fixture(scope="module")
@@ -404,7 +401,7 @@ def test_a_full_disk_while_checkpointing_is_one_line(tmpfs, mnist_test_store, ca
 
 
 def test_the_scheduler_dying_mid_fit_is_said_in_one_line(fine_store, tmp_path):
-    from .services import dask_processes
+    from tests.services import dask_processes
 
     out = tmp_path / "run"
     with dask_processes(2, log_dir=tmp_path) as address:

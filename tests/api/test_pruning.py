@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from distkm import KMeans
-
-from .conftest import random_rows
+from tests.helpers import random_rows
 
 
 def fit_pair(X, init, **params):

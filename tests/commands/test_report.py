@@ -1,14 +1,17 @@
 """Run reports, `distkm evaluate`, `distkm sweep` and `distkm quantize`, end to end through the CLI."""
 
 import json
+import shutil
+from functools import partial
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from distkm.io.stores import write_store
+from tests.helpers import distkm
 
-from .test_cli import run
+run = partial(distkm, check=True)  # a command that must succeed
 
 
 def _png_size(path):
@@ -17,15 +20,8 @@ def _png_size(path):
         return img.size
 
 
-@pytest.fixture(scope="module")
-def run_k10(tmp_path_factory, mnist_test_store):
-    out = tmp_path_factory.mktemp("runs") / "k10"
-    result = run("fit", mnist_test_store, "--k", 10, "--out", out, "--seed", 0, "--max-iter", 20, "--n-workers", 2)
-    return out, result
-
-
-def test_fit_writes_scores_pictures_and_a_report(run_k10):
-    out, result = run_k10
+def test_fit_writes_scores_pictures_and_a_report(small_run):
+    out, result = small_run
     evaluation = json.loads((out / "evaluation.json").read_text())
     meta = json.loads((out / "model.json").read_text())
     part = evaluation["splits"]["test"]
@@ -49,13 +45,13 @@ def test_fit_writes_scores_pictures_and_a_report(run_k10):
     assert "# distkm run `k10`" in report
 
 
-def test_members_picture_shows_the_nearest_members(run_k10, mnist_test):
+def test_members_picture_shows_the_nearest_members(small_run, mnist_test):
     """The first thumbnail of each row is the member nearest its center: its pixels are in the picture's data."""
     from distkm.estimator import load_model
     from distkm.evaluation.evaluate import evaluate_store
     from distkm.evaluation.pictures import mosaic
 
-    out, _ = run_k10
+    out, _ = small_run
     x, _ = mnist_test
     model, _ = load_model(out)
     labels = np.asarray(model.predict(x))
@@ -75,8 +71,9 @@ def test_members_picture_shows_the_nearest_members(run_k10, mnist_test):
     np.testing.assert_array_equal(image[30:58, 0:28], x[nearest[1]].reshape(28, 28))
 
 
-def test_evaluate_a_run_on_a_store_with_train_and_test(run_k10, mnist_store, tmp_path):
-    out, _ = run_k10
+def test_evaluate_a_run_on_a_store_with_train_and_test(small_run, mnist_store, tmp_path):
+    out = tmp_path / "k10"
+    shutil.copytree(small_run[0], out)  # evaluate rewrites the run's report: a copy of the shared one
     result = run("evaluate", out, "--data", mnist_store, "--n-workers", 2, "--silhouette-sample", 500,
                  "--no-pictures")
     lines = result.stdout.splitlines()
@@ -88,8 +85,8 @@ def test_evaluate_a_run_on_a_store_with_train_and_test(run_k10, mnist_store, tmp
     assert evaluation["splits"]["test"]["accuracy"] <= evaluation["splits"]["test"]["majority_accuracy"]
 
 
-def test_evaluate_refuses_a_store_of_another_width(run_k10, tmp_path):
-    out, _ = run_k10
+def test_evaluate_refuses_a_store_of_another_width(small_run, tmp_path):
+    out, _ = small_run
     path = tmp_path / "narrow.zarr"
     write_store(path, np.zeros((100, 10), np.uint8), np.zeros(100, np.uint8), {}, chunk_rows=50)
     result = run("evaluate", out, "--data", path, check=False)
@@ -160,29 +157,6 @@ def test_sweep_on_train_scores_the_test_split(tmp_path, mnist_store):
     meta = json.loads((out / "k=003" / "model.json").read_text())
     assert meta["data"]["split"] == "train" and meta["data"]["n_samples"] == 60_000
     assert not (out / "elbow.png").exists()
-
-
-def test_sweep_caches_its_rows_once_in_blocks_for_every_k(client, mnist_test_store):
-    """The rows are persisted once, in blocks; every fit's passes run one task per block; same fits as alone."""
-    from dask.utils import key_split
-    from distributed import get_task_stream
-
-    from distkm import KMeans
-    from distkm.apps.sweep import sweep
-    from distkm.io.stores import open_store
-
-    params = {"random_state": 0, "max_iter": 5}
-    with get_task_stream() as stream:
-        rows = sweep(open_store(mnist_test_store), [3, 5], fit_params=params, silhouette_sample=0)
-    names = [key_split(task["key"]) for task in stream.data]
-    n_blocks = 2  # 10 chunks of 1,000 rows in blocks of split-every = 8
-    assert names.count("distkm-cache") == n_blocks
-    passes = sum(row["n_iter"] for row in rows)
-    assert names.count("distkm-partial-stats") == n_blocks * passes
-    for row in rows:
-        alone = KMeans(row["k"], cache=False, **params).fit(mnist_test_store)
-        assert row["inertia"] == alone.inertia_ and row["n_iter"] == alone.n_iter_
-        assert row["cluster_sizes"] == alone.cluster_sizes_.tolist()
 
 
 @pytest.mark.parametrize("ks, message", [("2,x", "comma-separated list of integers"),

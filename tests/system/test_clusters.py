@@ -23,10 +23,9 @@ from distributed import Client
 from distributed.security import Security
 
 from distkm.cluster.configs import kubernetes_cluster_spec, load_cluster_config, ssh_cluster_kwargs
+from tests.helpers import ROOT
+from tests.services import dask_processes, make_certificates, slurm
 
-from .services import dask_processes, make_certificates, slurm
-
-ROOT = Path(__file__).resolve().parents[1]
 # No distkm-partial-stats-combine: the fit caches its 8 training chunks as one block (distkm-cache), one task a pass.
 # No distkm-labels: the final pass writes the labels of the training rows and tabulates their evaluation; only
 # the held-out rows have an evaluation pass of their own.
@@ -138,7 +137,7 @@ def test_job_over_tls_and_a_client_without_certificates_is_refused(local_job, sm
             Client(address, security=_security(stranger["ca"], *stranger["client"]), timeout=5, set_as_default=False)
         gc.collect()
         # the CLI says what is missing
-        from .test_cli import run
+        from tests.commands.test_cli import run
 
         refused = run("fit", small_mnist, "--k", 2, "--out", tmp_path / "x", "--scheduler", address, check=False)
         assert refused.returncode == 1 and "needs TLS certificates" in refused.stderr

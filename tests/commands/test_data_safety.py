@@ -4,9 +4,7 @@ Every probe records the md5 of every file it could damage before the command
 and checks them after: a refused command must leave them byte for byte.
 """
 
-import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,20 +12,9 @@ import zarr
 
 from distkm.cli import main
 from distkm.io.stores import write_store
+from tests.helpers import tree_md5
 
 CLUSTER = ["--n-workers", "1", "--quiet"]
-
-
-def tree_md5(*paths):
-    """md5 of every file under ``paths`` (a missing path is recorded as missing)."""
-    digests = {}
-    for root in map(Path, paths):
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        if not root.exists():
-            digests[str(root)] = None
-        for f in files:
-            digests[str(f)] = hashlib.md5(f.read_bytes()).hexdigest()
-    return digests
 
 
 @pytest.fixture

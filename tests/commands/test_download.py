@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,6 +23,7 @@ import pytest
 from distkm.cli import main
 from distkm.io.datasets import DATASETS, SHIPPED_MNIST, DownloadError, download_idx, ingest_idx, md5sum, read_idx
 from distkm.io.stores import open_store
+from tests.helpers import DISTKM
 
 NAMES = sorted(f for files in DATASETS["mnist"].splits.values() for f in files)
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
@@ -163,7 +163,7 @@ def test_all_mirrors_failing_is_one_line_and_no_store(tmp_path, mirror, refused)
            # The same settings as dask config environment variables, as a user would set them in a job script.
            "DASK_DISTKM__DATA_DIRS__MNIST": "[]", "DASK_DISTKM__DATA_CACHE": str(tmp_path / "cache"),
            "DASK_DISTKM__MIRRORS__MNIST": repr(urls), "DASK_DISTKM__DOWNLOAD_TIMEOUT": "5s"}
-    result = subprocess.run([os.path.join(os.path.dirname(sys.executable), "distkm"), "ingest", "mnist",
+    result = subprocess.run([DISTKM, "ingest", "mnist",
                              "--out", str(out)], capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
