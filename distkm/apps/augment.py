@@ -42,6 +42,8 @@ from distkm.kernels.distort import distort, random_distortions
 class AugmentPlan:
     """Everything that determines the content of an augmented store (compared on resume)."""
 
+    #: Where the source is read from: an absolute path, or the URL as given (it may carry credentials, so
+    #: only ``recorded_source`` is ever written).
     source: str
     source_split: str | None
     source_rows: tuple
@@ -90,8 +92,13 @@ class AugmentPlan:
             offset += hi - lo
         return np.concatenate(index)
 
+    @property
+    def recorded_source(self):
+        """The source as it is recorded: an absolute path, or the URL without credentials."""
+        return locations.recorded(self.source)
+
     def to_attrs(self):
-        attrs = asdict(self)
+        attrs = {**asdict(self), "source": self.recorded_source}
         attrs["source_rows"], attrs["image_shape"] = list(self.source_rows), list(self.image_shape)
         attrs["carried"] = [list(c) for c in self.carried]
         return attrs
@@ -199,7 +206,8 @@ def _plan(source, n, *, seed, split, chunk_rows, compressor, originals, strength
     chunk_rows = int(chunk_rows or config.get("chunk-rows"))
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
-    return AugmentPlan(locations.recorded(source), split, (int(lo), int(hi)), shape, int(n), int(seed), chunk_rows,
+    read_from = str(source) if locations.is_url(source) else locations.recorded(source)  # workers: absolute
+    return AugmentPlan(read_from, split, (int(lo), int(hi)), shape, int(n), int(seed), chunk_rows,
                        settings, bool(originals), float(strength), carried)
 
 
@@ -224,7 +232,7 @@ def _resume_or_create(work, plan):
                          compressor=blosc_compressor(plan.compressor),
                          attrs={"image_shape": list(plan.image_shape), "splits": plan.splits(),
                                 "augment": plan.to_attrs(),
-                                "source": {"store": plan.source, "split": plan.source_split}})
+                                "source": {"store": plan.recorded_source, "split": plan.source_split}})
     return False
 
 

@@ -97,7 +97,8 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
     """
     splits = store.attrs.get("splits", {})
     if split is not None and split not in splits:
-        raise ValueError(f"store {str(store.path)!r} has no split {split!r} (it has: {', '.join(splits) or 'none'})")
+        raise ValueError(f"store {locations.public_url(store.path)!r} has no split {split!r} "
+                         f"(it has: {', '.join(splits) or 'none'})")
     start, stop = splits[split] if split else (0, store.images.shape[0])
     x = store.images[start:stop]
     if ks[-1] > x.shape[0]:

@@ -38,6 +38,12 @@ from distkm.io.datasets import ingest_idx
 from distkm.io.outputs import OutputBusyError, check_output_path, partial_path
 from distkm.io.stores import open_store
 
+
+def shown(location):
+    """A path or URL as it may be printed: without the user or password a URL may carry."""
+    return locations.public_url(location)
+
+
 def ingest(args):
     """``distkm ingest``: MNIST, Fashion-MNIST or a folder of images into a store."""
     if args.dataset == "folder":
@@ -46,7 +52,7 @@ def ingest(args):
     attrs = ingest_idx(args.dataset, args.out, source=args.source, chunk_rows=args.chunk_rows,
                        compressor=args.compressor, overwrite=args.overwrite)
     splits = ", ".join(f"{name} {stop - begin:,}" for name, (begin, stop) in attrs["splits"].items())
-    print(f"wrote {args.out}: {args.dataset} ({splits} rows; checksums verified against "
+    print(f"wrote {shown(args.out)}: {args.dataset} ({splits} rows; checksums verified against "
           f"{attrs['source']['checksums']}) in {time.perf_counter() - start:.1f} s")
 
 
@@ -63,7 +69,7 @@ def _ingest_folder(args):
                                     invert=args.invert, chunk_rows=args.chunk_rows, compressor=args.compressor,
                                     overwrite=args.overwrite, progress=not args.quiet)
     labels = f", {len(attrs['label_names'])} labelled classes" if "label_names" in attrs else ", no labels"
-    print(f"wrote {args.out}: {attrs['source']['files']:,} images as {'x'.join(map(str, attrs['image_shape']))} "
+    print(f"wrote {shown(args.out)}: {attrs['source']['files']:,} images as {'x'.join(map(str, attrs['image_shape']))} "
           f"rows ({args.mode}, {args.fit}{labels}) in {time.perf_counter() - start:.1f} s")
 
 
@@ -81,7 +87,7 @@ def fit(args):
         # The evaluation reads every split of the store, not only the fitted one.
         with job.working(), _client(args, report_folder=job.work, data_nbytes=job.store.images.nbytes) as client:
             if not args.quiet:
-                print(f"distkm {__version__}: k={args.k} on {args.store} ({x.shape[0]:,} rows x {x.shape[1]}, "
+                print(f"distkm {__version__}: k={args.k} on {shown(args.store)} ({x.shape[0]:,} rows x {x.shape[1]}, "
                       f"{x.numblocks[0]} chunk{'s' if x.numblocks[0] != 1 else ''}), "
                       f"{len(client.scheduler_info()['workers'])} workers", flush=True)
             _, evaluation = job.run(evaluate=not args.no_evaluate, pictures=not args.no_pictures, seed=args.seed or 0,
@@ -99,7 +105,7 @@ def fit(args):
           f"cluster sizes {sizes.min():,}..{sizes.max():,}")
     if evaluation is not None:
         print(evaluation.table())
-    print(f"results in {args.out}/ (model.json, centroids.zarr, labels.zarr, report.md"
+    print(f"results in {shown(args.out)}/ (model.json, centroids.zarr, labels.zarr, report.md"
           f"{'' if args.no_evaluate else ', evaluation.json'}{'' if args.no_pictures else ', pictures/'})")
 
 
@@ -132,13 +138,13 @@ def evaluate(args):
     job = EvaluateJob(args.run, args.data)
     with job.staged() as folder, _client(args, report_folder=folder, data_nbytes=job.store.images.nbytes):
         if not args.quiet:
-            print(f"evaluating {args.run} on {locations.public_url(job.data)} ({job.store.images.shape[0]:,} rows)",
+            print(f"evaluating {shown(args.run)} on {shown(job.data)} ({job.store.images.shape[0]:,} rows)",
                   flush=True)
         evaluation = job.run(folder, pictures=not args.no_pictures, n_members=args.members,
                              silhouette_sample=args.silhouette_sample, seed=args.seed)
     print(evaluation.table())
-    print(f"done in {time.perf_counter() - start:.1f} s: {args.run}/evaluation.json, {args.run}/report.md"
-          f"{'' if args.no_pictures else f', {args.run}/pictures/'}")
+    print(f"done in {time.perf_counter() - start:.1f} s: {shown(args.run)}/evaluation.json, {shown(args.run)}/report.md"
+          f"{'' if args.no_pictures else f', {shown(args.run)}/pictures/'}")
 
 
 @contextmanager
@@ -210,7 +216,7 @@ def sweep(args):
     with sweep_folder(args.out, overwrite=args.overwrite, inputs=[args.store]) as tmp, \
             _client(args, report_folder=tmp, data_nbytes=store.images.nbytes):
         if not args.quiet:
-            print(f"sweeping k={','.join(map(str, ks))} on {args.store}"
+            print(f"sweeping k={','.join(map(str, ks))} on {shown(args.store)}"
                   f"{f' (fit on {split})' if split else ''}", flush=True)
 
         def show(row):
@@ -224,7 +230,7 @@ def sweep(args):
                            cache=_parse_cache(args.cache), progress=None if args.quiet else _print_progress)
         write_sweep(tmp, rows, store=store, split=split, pictures=not args.no_pictures)
     print(format_table(rows))
-    print(f"done in {time.perf_counter() - start:.1f} s: {args.out}/ (sweep.md, sweep.csv, sweep.json"
+    print(f"done in {time.perf_counter() - start:.1f} s: {shown(args.out)}/ (sweep.md, sweep.csv, sweep.json"
           f"{'' if args.no_pictures else ', elbow.png'}, one run folder per k)")
 
 
@@ -239,11 +245,11 @@ def quantize(args):
     check_quantize(args.source, args.out, args.k, overwrite=args.overwrite)  # before a cluster starts
     with _client(args, report_file=_report_beside(args.out)):
         if not args.quiet:
-            print(f"quantizing {args.source} to {args.k} colours", flush=True)
+            print(f"quantizing {shown(args.source)} to {args.k} colours", flush=True)
         result = quantize_images(args.source, args.out, args.k, seed=args.seed, max_iter=args.max_iter,
                           chunk_pixels=args.chunk_pixels, overwrite=args.overwrite,
                           palette_picture=not args.no_pictures)
-    images = result.outputs[0] if len(result.outputs) == 1 else f"{len(result.outputs)} images in {args.out}"
+    images = result.outputs[0] if len(result.outputs) == 1 else f"{len(result.outputs)} images in {shown(args.out)}"
     print(f"wrote {images} ({result.n_pixels:,} pixels, {result.n_iter} iterations) and the palette "
           f"{', '.join(map(str, result.palette_files))} in {time.perf_counter() - start:.1f} s")
     order = np.argsort(-result.shares, kind="stable")
@@ -261,17 +267,17 @@ def augment(args):
     try:
         with _client(args):
             if not args.quiet:
-                print(f"generating {args.n:,} rows from {args.source} into {args.out}", flush=True)
+                print(f"generating {args.n:,} rows from {shown(args.source)} into {shown(args.out)}", flush=True)
             result = augment_store(args.source, args.out, args.n, progress=not args.quiet, **settings)
     except OutputBusyError:  # the partial store is the other command's
         raise
     except BaseException:
         if locations.exists(partial_path(args.out)):
-            print(f"distkm: the chunks written so far are kept in {partial_path(args.out)}; run the same command "
-                  "again to resume", file=sys.stderr)
+            print(f"distkm: the chunks written so far are kept in {shown(partial_path(args.out))}; run the same "
+                  "command again to resume", file=sys.stderr)
         raise
     resumed = f", resumed with {result['resumed_chunks']} chunks already written" if result["resumed_chunks"] else ""
-    print(f"wrote {args.out}: {result['rows']:,} rows in {result['seconds']:.1f} s "
+    print(f"wrote {shown(args.out)}: {result['rows']:,} rows in {result['seconds']:.1f} s "
           f"({result['rows_written'] / result['seconds']:,.0f} rows/s{resumed}); "
           f"{result['bytes_on_disk'] / 2**20:,.1f} MiB on disk, compression ratio {result['compression_ratio']:.2f}")
 
@@ -282,6 +288,6 @@ def predict(args):
     job = PredictJob(args.run, args.store, args.out, split=args.split, overwrite=args.overwrite)
     with _client(args, report_file=_report_beside(args.out)):
         if not args.quiet:
-            print(f"assigning {job.store.images.shape[0]:,} rows of {args.store}", flush=True)
+            print(f"assigning {job.store.images.shape[0]:,} rows of {shown(args.store)}", flush=True)
         n = job.run()
-    print(f"wrote {args.out}: {n:,} labels in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {shown(args.out)}: {n:,} labels in {time.perf_counter() - start:.1f} s")

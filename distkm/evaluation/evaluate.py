@@ -24,6 +24,7 @@ from distkm import config
 from distkm.engine.graph import map_reduce, row_offsets
 from distkm.engine.run import compute
 from distkm.evaluation.metrics import majority_mapping, mapped_accuracy, scores_from_table
+from distkm.io import locations
 from distkm.io.outputs import write_text_atomic
 from distkm.io.stores import printable
 from distkm.kernels.assign import assign_labels, prepare_centers
@@ -170,7 +171,7 @@ def plan_evaluation(store, *, mapping_split=None, n_members=20, silhouette_sampl
     if mapping_split is None:
         mapping_split = "train" if "train" in splits else next(iter(splits))
     if mapping_split not in splits:
-        raise ValueError(f"store {str(store.path)!r} has no split {mapping_split!r} "
+        raise ValueError(f"store {locations.public_url(store.path)!r} has no split {mapping_split!r} "
                          f"(it has: {', '.join(splits)})")
     sample = config.get("silhouette-sample") if silhouette_sample is None else silhouette_sample
     n_classes, class_names = _classes(store) if y is not None else (1, None)
@@ -240,7 +241,7 @@ def evaluate_store(model, store, *, mapping_split=None, n_members=20, silhouette
         parts[name] = SplitEvaluation(name, int(result.table.sum()), plan.splits[name], float(result.inertia),
                                       result.table, scores, silhouette, used,
                                       result.nearest if mapped else None, result.random if mapped else None)
-    return Evaluation(parts, plan.mapping_split, mapping, plan.class_names, str(store.path))
+    return Evaluation(parts, plan.mapping_split, mapping, plan.class_names, locations.public_url(store.path))
 
 
 def evaluation_pass(x, y, centers, dtype, *, n_classes, n_members, sample_size, seed, row_offset=0,
@@ -260,7 +261,7 @@ def _classes(store):
     names = store.attrs.get("label_names") or CLASS_NAMES.get(store.attrs.get("source", {}).get("dataset"))
     top = int(store.labels.max().compute())
     if store.labels.dtype.kind not in "ui" or int(store.labels.min().compute()) < 0:
-        raise ValueError(f"store {str(store.path)!r}: labels must be non-negative integers")
+        raise ValueError(f"store {locations.public_url(store.path)!r}: labels must be non-negative integers")
     if names is None or len(names) <= top:
         names = [str(i) for i in range(top + 1)]
     return len(names), [printable(name) for name in names]  # they reach the terminal, the report, the pictures
