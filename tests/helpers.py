@@ -26,14 +26,14 @@ def distkm(*args, env=None, timeout=300, check=False):
     Parameters
     ----------
     env : dict, optional
-        Variables added to this process's environment.
+        Variables added to this process's environment (``None``: the variable removed).
     timeout : float
         Seconds before the command counts as hung.
     check : bool
         Assert that it exited 0 (its stderr is the message when not).
     """
     result = subprocess.run([DISTKM, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                            env={**os.environ, **(env or {})})
+                            env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None})
     if check:
         assert result.returncode == 0, result.stderr
     return result

@@ -108,7 +108,8 @@ class S3Server:
     def environ(self, **changes):
         """The AWS variables a client (or worker) uses to reach the server, as botocore reads them."""
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.key,
-                "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1", **changes}
+                "AWS_SECRET_ACCESS_KEY": self.secret, "AWS_DEFAULT_REGION": "us-east-1",
+                "AWS_EC2_METADATA_DISABLED": "true", **changes}  # botocore never looks for instance metadata
 
     def client(self):
         import boto3

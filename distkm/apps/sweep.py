@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 import dask.array as da
 
+from distkm import config
 from distkm.engine.loop import prepare_rows
 from distkm.estimator import KMeans
 from distkm.evaluation.evaluate import evaluate_store
@@ -107,7 +108,8 @@ def sweep(store, ks, *, split=None, out=None, fit_params=None, silhouette_sample
     fit_params = dict(fit_params or {})
     # Cached once, in the blocks a fit would make (one task per block an iteration; a small split is
     # one block, whose iterations then run in batches inside its task), summarised once, and held for every k.
-    prepared = prepare_rows(x, cache=cache, split_every=fit_params.get("split_every"))
+    prepared = prepare_rows(x, cache=cache, split_every=fit_params.get("split_every") or config.split_every(),
+                            cache_fraction=config.cache_fraction())
     scored = store if prepared.cached is None else _with_rows(store, start, stop, prepared.x)
     rows = []
     for k in ks:

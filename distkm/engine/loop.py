@@ -14,8 +14,8 @@ too, so that the estimator and the commands share it:
   evaluation when the caller asks (``final``), so a command reads its rows
   once more, not three times.
 
-Nothing here reads distkm's configuration: :class:`FitSettings` carries every
-choice, resolved at the door (:meth:`FitSettings.resolve`).
+Below the door, nothing reads distkm's configuration: :class:`FitSettings`
+carries every choice, resolved once by its caller (:meth:`FitSettings.resolve`).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ class FitRows:
         return self.source.dtype
 
 
-def prepare_rows(x, *, weights=None, cache="auto", split_every=None, cache_fraction=None):
+def prepare_rows(x, *, weights=None, cache="auto", split_every, cache_fraction):
     """Cache ``x`` on the workers when it fits (and ``cache`` allows), then summarise it (one pass).
 
     Parameters
@@ -154,10 +154,10 @@ def prepare_rows(x, *, weights=None, cache="auto", split_every=None, cache_fract
     x : dask.array.Array of shape (n, d)
     weights : dask.array.Array of shape (n,), optional
     cache : {"auto", True, False}
-    split_every : int, optional
-        Fan-in of the reductions (blocks of that many chunks are cached); default from config.
-    cache_fraction : float, optional
-        See :class:`FitSettings`; default from config.
+    split_every : int
+        Fan-in of the reductions (blocks of that many chunks are cached).
+    cache_fraction : float
+        See :class:`FitSettings`.
 
     Returns
     -------
@@ -168,8 +168,6 @@ def prepare_rows(x, *, weights=None, cache="auto", split_every=None, cache_fract
     ValueError
         ``x`` holds NaN or infinite values.
     """
-    split_every = split_every or config.split_every()
-    cache_fraction = cache_fraction if cache_fraction is not None else config.cache_fraction()
     cached = cache_on_client(x, cache, split_every, weights, cache_fraction=cache_fraction)
     data = x if cached is None else cached.array
     summary = lloyd.summarize(data, weights, split_every=split_every, cached=cached)
@@ -313,16 +311,16 @@ def fit(rows, settings, random_state, *, checkpoint=None, final=None, progress=N
         result = single_run(centers, random_state, history=history, converged=done, on_record=on_record,
                             on_iteration=on_iteration)
         # With one run, its final pass is the last: it does what ``final`` asks too.
-        last = final_pass(rows.x, result.centers, dtype, weights=rows.weights, cached=rows.cached,
-                                **passes, **(final if n_init == 1 and final else {}))
+        last = final_pass(rows.x, result.centers, dtype, weights=rows.weights, cached=rows.cached, **passes,
+                          **(final if n_init == 1 and final else {}))
         report("end", converged=result.converged, n_iter=result.n_iter, inertia=last.stats.inertia)
         if best is None or last.stats.inertia < best["inertia"]:
             best = {"inertia": float(last.stats.inertia), "n_iter": result.n_iter, "history": result.history,
                     "sizes": last.stats.sizes, "centers": result.centers}
             tables = last.evaluation
     if final and n_init > 1:  # the best of several runs is known only now
-        tables = final_pass(rows.x, best["centers"], dtype, weights=rows.weights, cached=rows.cached,
-                                  **passes, **final).evaluation
+        tables = final_pass(rows.x, best["centers"], dtype, weights=rows.weights, cached=rows.cached, **passes,
+                            **final).evaluation
     return FitResult(best["centers"].astype(dtype), best["n_iter"], best["inertia"],
                      np.asarray(best["sizes"], dtype=np.int64), best["history"], tol, tables)
 

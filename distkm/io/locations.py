@@ -119,14 +119,31 @@ def storage_options(url):
     return dict(options.get(protocol, {}) or {})
 
 
+#: Object stores whose credentials come from their own places, never from the URL (where they would be
+#: logged, recorded and shown in process lists); an ``http://user:password@`` URL is basic auth, and works.
+_CREDENTIALS_ELSEWHERE = {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials",
+                          "s3a": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials",
+                          "gs": "GOOGLE_APPLICATION_CREDENTIALS or gcloud's default credentials",
+                          "gcs": "GOOGLE_APPLICATION_CREDENTIALS or gcloud's default credentials",
+                          "az": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or a connection string)",
+                          "abfs": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or a connection string)"}
+
+
 def filesystem(url):
     """The fsspec filesystem of ``url`` and the path inside it.
 
     Raises
     ------
+    ValueError
+        ``url`` is an object store's and carries credentials (refused without repeating them).
     ImportError
         The protocol's package is not installed (named, with the pip command).
     """
+    parts = urlsplit(url)
+    where = _CREDENTIALS_ELSEWHERE.get(parts.scheme.lower())
+    if where and (parts.username or parts.password):
+        raise ValueError(f"{public_url(url)!r}: credentials inside a {parts.scheme}:// URL are not used (nor kept); "
+                         f"give them as {where}")
     try:
         return fsspec.core.url_to_fs(url, **storage_options(url))
     except ImportError as e:
@@ -205,10 +222,15 @@ def explained(url):
         yield
     except (FileNotFoundError, FileExistsError):
         raise
-    except PermissionError as e:
-        raise PermissionError(f"access to {where!r} refused by the storage service ({e}); check the credentials "
-                              "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials)") from e
     except Exception as e:
+        if any(type(cause).__name__ == "NoCredentialsError" for cause in _chain(e)):
+            places = _CREDENTIALS_ELSEWHERE.get(urlsplit(where).scheme.lower(), "the service's usual places")
+            raise PermissionError(f"no credentials for {where!r}: none were found in {places} (for a public "
+                                  "bucket: anon: true under distkm.storage-options)") from e
+        if isinstance(e, PermissionError):
+            raise PermissionError(f"access to {where!r} refused by the storage service ({e}); check the credentials "
+                                  "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE or ~/.aws/credentials)"
+                                  ) from e
         if is_connection_error(e):
             raise ConnectionError(f"cannot reach the storage service of {where!r} ({type(e).__name__}: {e}); check "
                                   "the endpoint (AWS_ENDPOINT_URL) and the network") from e

@@ -30,6 +30,16 @@ def victim(tmp_path):
     return path
 
 
+@pytest.fixture
+def victim_run(victim, tmp_path, capsys):
+    """A run folder fitted on the victim store (k=3, no evaluation, no pictures)."""
+    run = tmp_path / "run"
+    assert main(["fit", str(victim), "--k", "3", "--out", str(run), "--seed", "0", "--no-evaluate", "--no-pictures",
+                 *CLUSTER]) == 0
+    capsys.readouterr()
+    return run
+
+
 def refused(argv, capsys, *expected):
     code = main(argv)
     err = capsys.readouterr().err
@@ -91,11 +101,8 @@ def test_augment_output_over_its_source_is_refused(victim, capsys):
     assert tree_md5(victim.parent) == before
 
 
-def test_predict_output_over_the_run_or_the_store_is_refused(victim, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["fit", str(victim), "--k", "3", "--out", str(run), "--seed", "0", "--no-evaluate", "--no-pictures",
-                 *CLUSTER]) == 0
-    capsys.readouterr()
+def test_predict_output_over_the_run_or_the_store_is_refused(victim, victim_run, capsys):
+    run = victim_run
     before = tree_md5(run, victim)
     refused(["predict", str(run), str(victim), "--out", str(run), "--overwrite", *CLUSTER], capsys, "is the input")
     refused(["predict", str(run), str(victim), "--out", str(victim / "labels"), "--overwrite", *CLUSTER], capsys,
@@ -181,11 +188,8 @@ def test_fit_output_over_its_input_under_another_name_is_refused(victim, capsys,
     assert tree_md5(victim.parent) == before
 
 
-def test_predict_and_evaluate_under_another_name_leave_the_run_whole(victim, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["fit", str(victim), "--k", "3", "--out", str(run), "--seed", "0", "--no-evaluate", "--no-pictures",
-                 *CLUSTER]) == 0
-    capsys.readouterr()
+def test_predict_and_evaluate_under_another_name_leave_the_run_whole(victim, victim_run, capsys):
+    run = victim_run
     before = tree_md5(run, victim)
     refused(["predict", f"file://{run}", str(victim), "--out", f"local://{run}", "--overwrite", *CLUSTER], capsys,
             "is the input")

@@ -352,11 +352,17 @@ def test_a_second_command_on_the_same_output_is_refused_and_the_first_finishes(m
     else:
         argv = [DISTKM, "fit", str(mnist_test_store), "--k", "10", "--seed", "0", "--max-iter", "300", "--tol", "0",
                 "--out", str(out), "--n-workers", "1", "--quiet"]
-    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120
     while not partial_path(out).exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.01)
-    second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    # The first command (its cluster too) is held still while the second runs, so on a busy machine it
+    # cannot finish first: the second must meet it at work, which is what is tested.
+    os.killpg(first.pid, signal.SIGSTOP)
+    try:
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
     _, first_err = first.communicate(timeout=600)
     assert second.returncode == 1, second.stderr
     assert second.stderr.strip() == f"distkm: error: another distkm command is writing {str(out)!r} right now; " \

@@ -22,7 +22,7 @@ from distkm.io.stores import open_store
 from tests.helpers import DISTKM, distkm, random_rows
 from tests.services import free_port, s3_server
 
-pytest.importorskip("s3fs", reason="S3 tests need s3fs and moto (pip install -e '.[test]')")
+s3fs = pytest.importorskip("s3fs", reason="S3 tests need s3fs and moto (pip install -e '.[test]')")
 pytest.importorskip("moto", reason="S3 tests need s3fs and moto (pip install -e '.[test]')")
 
 pytestmark = pytest.mark.s3
@@ -34,7 +34,11 @@ def s3(tmp_path_factory):
     with s3_server(tmp_path_factory.mktemp("s3")) as server, pytest.MonkeyPatch.context() as patch:
         for name, value in server.environ().items():
             patch.setenv(name, value)
+        # fsspec keeps filesystems by their arguments, not by the environment they read: one made for an
+        # earlier server of this process (pytest-xdist may come back to this module) would call a dead port.
+        s3fs.S3FileSystem.clear_instance_cache()
         yield server
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +182,18 @@ def test_interrupted_augment_to_s3_resumes(s3, s3_mnist):
     assert not objects(s3, "aug-resumed.zarr.partial/")
 
 
-@pytest.mark.parametrize("case", ["missing bucket", "missing object", "wrong credentials", "unreachable endpoint"])
+@pytest.mark.parametrize("case", ["missing bucket", "missing object", "wrong credentials", "unreachable endpoint",
+                                  "no credentials", "credentials in the URL"])
 def test_storage_failures_are_one_clear_line(s3, s3_mnist, tmp_path, case):
     url, env = s3_mnist, {}
-    if case == "missing bucket":
+    if case == "no credentials":  # none anywhere botocore looks (instance metadata is off for every S3 test)
+        env = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None, "AWS_PROFILE": None,
+               "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+        expected = f"no credentials for '{s3_mnist}': none were found in AWS_ACCESS_KEY_ID"
+    elif case == "credentials in the URL":
+        url = s3_mnist.replace("s3://", f"s3://{s3.key}:{s3.secret}@")
+        expected = f"'{s3_mnist}': credentials inside a s3:// URL are not used"
+    elif case == "missing bucket":
         url, expected = "s3://no-such-bucket/mnist.zarr", "bucket 'no-such-bucket'"
     elif case == "missing object":
         url, expected = f"s3://{s3.bucket}/nothing.zarr", "no zarr store at"
@@ -195,6 +207,7 @@ def test_storage_failures_are_one_clear_line(s3, s3_mnist, tmp_path, case):
     errors = [line for line in result.stderr.splitlines() if line.startswith("distkm: error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert "Traceback" not in result.stderr and not out.exists()
+    assert s3.secret not in result.stdout + result.stderr
     if case == "wrong credentials":
         assert "not-the-secret" not in result.stderr
 
