@@ -23,7 +23,7 @@ from distributed import Client
 from distributed.security import Security
 
 from distkm.cluster.configs import kubernetes_cluster_spec, load_cluster_config, ssh_cluster_kwargs
-from tests.helpers import ROOT
+from tests.helpers import ROOT, distkm
 from tests.services import dask_processes, make_certificates, slurm
 
 # No distkm-partial-stats-combine: the fit caches its 8 training chunks as one block (distkm-cache), one task a pass.
@@ -137,16 +137,14 @@ def test_job_over_tls_and_a_client_without_certificates_is_refused(local_job, sm
             Client(address, security=_security(stranger["ca"], *stranger["client"]), timeout=5, set_as_default=False)
         gc.collect()
         # the CLI says what is missing
-        from tests.commands.test_cli import run
-
-        refused = run("fit", small_mnist, "--k", 2, "--out", tmp_path / "x", "--scheduler", address, check=False)
+        refused = distkm("fit", small_mnist, "--k", 2, "--out", tmp_path / "x", "--scheduler", address)
         assert refused.returncode == 1 and "needs TLS certificates" in refused.stderr
         # ... and that a client certificate comes from another CA, in one line
         shipped["tls"].update({"ca-file": "stranger/ca.pem", "cert": "stranger/client.pem",
                                "key": "stranger/client-key.pem"})
         (tmp_path / "stranger.yaml").write_text(yaml.safe_dump(shipped))
-        refused = run("fit", small_mnist, "--k", 2, "--out", tmp_path / "x", "--cluster-config",
-                      tmp_path / "stranger.yaml", check=False)
+        refused = distkm("fit", small_mnist, "--k", 2, "--out", tmp_path / "x", "--cluster-config",
+                         tmp_path / "stranger.yaml")
         assert refused.returncode == 1 and "the TLS handshake with" in refused.stderr, refused.stderr
         assert refused.stderr.count("distkm: error:") == 1 and "Traceback" not in refused.stderr
     print(f"\nTLS cluster up in {up_seconds:.1f} s; job {seconds:.1f} s (LocalCluster {local_seconds:.1f} s)")
