@@ -28,7 +28,7 @@ from distkm import kernels
 from distkm.engine.cache import cluster_memory, over_rows
 from distkm.engine.graph import map_reduce, row_offsets
 from distkm.engine.run import active_client, compute, compute_keeping_states
-from distkm.kernels import pruned
+from distkm.kernels import margins, pruned
 from distkm.kernels.assign import prepare_centers
 
 logger = logging.getLogger("distkm")
@@ -81,8 +81,8 @@ def bounds_fit(x, n_clusters, cached=None, *, cache_fraction):
     memory = 0 if client is None else cluster_memory(client)
     if not memory:  # threads in this process, or workers without a limit: the machine's memory is the limit
         return True
-    groups = pruned.n_groups(n_clusters, x.shape[1], x.dtype.itemsize)
-    need = x.shape[0] * (pruned.FIXED_ROW_BYTES + 4 * groups)
+    groups = margins.n_groups(n_clusters, x.shape[1], x.dtype.itemsize)
+    need = x.shape[0] * (margins.FIXED_ROW_BYTES + 4 * groups)
     held = 0 if cached is None else cached.blocks.nbytes
     if need + held <= cache_fraction * memory:
         return True
@@ -160,8 +160,8 @@ def lloyd(x, centers, *, summary, max_iter, tol, dtype, weights=None, split_ever
         return LloydResult(centers, len(history), converged, history)
     groups = None
     if pruning:
-        groups = pruned.center_groups(prepare_centers(centers, dtype)[0],
-                                       pruned.n_groups(centers.shape[0], x.shape[1], x.dtype.itemsize))
+        groups = margins.center_groups(prepare_centers(centers, dtype)[0],
+                                       margins.n_groups(centers.shape[0], x.shape[1], x.dtype.itemsize))
     passes = _LloydPasses(x, weights, cached, groups=groups, block_rows=block_rows, split_every=split_every)
     batch_seconds = batch_seconds if passes.data.numblocks[0] == 1 else 0.0
     while len(history) < max_iter and not converged:
@@ -228,7 +228,7 @@ class _LloydPasses:
         """``(PartialStats, distances computed)`` of one pass at the prepared centers ``c``."""
         if not self.pruning:
             return self._pass(self.chunk, _merge_counted, (c, half))
-        shifts = np.zeros(c.shape[0]) if self.ref is None else pruned.center_shifts(self.ref, c)
+        shifts = np.zeros(c.shape[0]) if self.ref is None else margins.center_shifts(self.ref, c)
         result = self._pass(self.chunk, _merge_counted, (c, half, shifts, self.groups))
         self.ref = c
         return result
@@ -340,7 +340,7 @@ def _iterations_in_task(X, *args, pass_stats, stateful, dtype, weighted_sq_norm,
     def one_pass(c, half):
         if not stateful:
             return pass_stats(X, c, half, weights, **pass_kwargs)
-        shifts = np.zeros(c.shape[0]) if state["ref"] is None else pruned.center_shifts(state["ref"], c)
+        shifts = np.zeros(c.shape[0]) if state["ref"] is None else margins.center_shifts(state["ref"], c)
         state["bounds"], result = pass_stats(X, state["bounds"], c, half, shifts, groups, weights, **pass_kwargs)
         state["ref"] = c
         return result

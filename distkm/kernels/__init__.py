@@ -60,10 +60,5 @@ from distkm.kernels.lloyd import (  # noqa: F401
     summarize_chunk,
     update_centers,
 )
-from distkm.kernels.pruned import (  # noqa: F401
-    Bounds,
-    center_groups,
-    center_shifts,
-    n_groups,
-    pruned_partial_stats,
-)
+from distkm.kernels.margins import Bounds, center_groups, center_shifts, n_groups  # noqa: F401
+from distkm.kernels.pruned import pruned_partial_stats  # noqa: F401

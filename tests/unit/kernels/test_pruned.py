@@ -8,7 +8,7 @@ import pytest
 
 import distkm
 from distkm import kernels
-from distkm.kernels import pruned
+from distkm.kernels import margins, pruned
 from distkm.kernels.assign import prepare_centers
 
 MNIST_IMAGES = Path(distkm.__file__).parent / "io" / "mnist" / "t10k-images-idx3-ubyte.gz"
@@ -43,7 +43,7 @@ def blobs(n=1500, d=8, k=6, spread=0.3, seed=0):
 def check_pass(X, bounds, c64, prev, groups, dtype, weights, block_rows, shared=False):
     """One iteration of both kernels at centers ``c64``: identical statistics and labels, else the test fails."""
     c, half = prepare_centers(c64, dtype)
-    shifts = None if prev is None else pruned.center_shifts(prev, c)
+    shifts = None if prev is None else margins.center_shifts(prev, c)
     snapshot = None if bounds is None else [a.copy() for a in bounds]
     new, stats, n_distances = pruned.pruned_partial_stats(X, bounds, c, half, shifts, groups, weights,
                                                           block_rows=block_rows, shared_fallback=shared)
@@ -66,7 +66,7 @@ def lloyd(X, c64, dtype, *, weights=None, block_rows=256, iters=8, groups=None, 
     """
     k = c64.shape[0]
     if groups is None:
-        groups = pruned.center_groups(c64, max(2, k // 10) if k >= 20 else 1)
+        groups = margins.center_groups(c64, max(2, k // 10) if k >= 20 else 1)
     bounds, prev, counts = None, None, []
     for it in range(iters):
         bounds, stats, n_distances, prev = check_pass(X, bounds, c64, prev, groups, dtype, weights, block_rows, shared)
@@ -172,7 +172,7 @@ def test_float_rows_cast_to_float32_and_tiny_chunks():
     lloyd(X[:1], X[:1].copy(), np.float32, iters=3)  # one row, one center
     lloyd(X[:50], X[:1].copy(), np.float64, iters=3)  # k = 1: nothing to prune
     c, half = prepare_centers(X[:3], np.float32)
-    groups = pruned.center_groups(X[:3], 1)
+    groups = margins.center_groups(X[:3], 1)
     new, stats, n = pruned.pruned_partial_stats(X[:0], None, c, half, None, groups)
     assert new.labels.shape == (0,) and n == 0 and not stats.weights.any()
 
@@ -180,32 +180,32 @@ def test_float_rows_cast_to_float32_and_tiny_chunks():
 def test_bounds_memory_under_a_quarter_of_a_uint8_row(digits):
     d = digits.shape[1]
     for k, expected in ((10, 1), (64, 6), (256, 25), (10_000, 45)):
-        G = pruned.n_groups(k, d, 1)
+        G = margins.n_groups(k, d, 1)
         assert G == expected
-        assert pruned.FIXED_ROW_BYTES + 4 * G < d / 4
-    assert pruned.n_groups(256, 3, 1) == 1  # pixels: no room, a single bound
+        assert margins.FIXED_ROW_BYTES + 4 * G < d / 4
+    assert margins.n_groups(256, 3, 1) == 1  # pixels: no room, a single bound
     X = digits[:512]
     c64 = X[:64].astype(np.float64)
-    groups = pruned.center_groups(c64, pruned.n_groups(64, d, 1))
+    groups = margins.center_groups(c64, margins.n_groups(64, d, 1))
     c, half = prepare_centers(c64, np.float32)
     bounds, _, _ = pruned.pruned_partial_stats(X, None, c, half, None, groups)
     assert bounds.lower.shape == (512, 6)
-    assert bounds.nbytes / len(X) == pruned.FIXED_ROW_BYTES + 4 * 6 < d / 4
+    assert bounds.nbytes / len(X) == margins.FIXED_ROW_BYTES + 4 * 6 < d / 4
 
 
 def test_center_groups_are_deterministic_and_compact():
     c = blobs(n=256, d=6, k=20, spread=0.1)
-    a, b = pruned.center_groups(c, 25), pruned.center_groups(c, 25)
+    a, b = margins.center_groups(c, 25), margins.center_groups(c, 25)
     np.testing.assert_array_equal(a, b)
     assert a.shape == (256,) and a.min() == 0
     assert np.array_equal(np.unique(a), np.arange(a.max() + 1))  # no empty group
-    assert not pruned.center_groups(c[:5], 1).any()
+    assert not margins.center_groups(c[:5], 1).any()
 
 
 def test_mismatched_bounds_are_refused(digits):
     X = digits[:300]
     c, half = prepare_centers(X[:12].astype(np.float64), np.float32)
-    groups = pruned.center_groups(X[:12].astype(np.float64), 1)
+    groups = margins.center_groups(X[:12].astype(np.float64), 1)
     bounds, _, _ = pruned.pruned_partial_stats(X, None, c, half, None, groups)
     with pytest.raises(ValueError):
         pruned.pruned_partial_stats(X[:200], bounds, c, half, np.zeros(12), groups)
