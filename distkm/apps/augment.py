@@ -30,6 +30,7 @@ from distkm.io.stores import (
     chunks_done,
     compressor_settings,
     create_store,
+    discard_unfinished_writes,
     mark_complete,
     open_store,
     write_chunk,
@@ -219,6 +220,7 @@ def _resume_or_create(work, plan):
         except Exception:
             attrs = {}
         if attrs.get("augment") == plan.to_attrs():
+            discard_unfinished_writes(work)
             return True
         if attrs.get("augment"):
             differ = sorted(k for k, v in plan.to_attrs().items() if attrs["augment"].get(k) != v)

@@ -13,6 +13,7 @@ Splits are contiguous row ranges, so a split is a cheap slice of ``images``.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -320,6 +321,20 @@ def chunks_done(path):
     keys = _chunk_keys(images, locations.join(path, "images"))
     return np.array([images.metadata.encode_chunk_key((i, 0)) in keys for i in range(images.cdata_shape[0])],
                     dtype=bool)
+
+
+def discard_unfinished_writes(path):
+    """Remove what killed chunk writes left in a local store: the one debris a resumed store can hold.
+
+    zarr's local store writes each chunk to ``KEY.<hex>.partial`` and renames it into place, so a
+    writer killed mid-chunk leaves such a file behind. It is never read, but a resumed store must
+    hold the same files as one written in one go. Call it only while no one writes the store.
+    """
+    if locations.is_url(path):
+        return  # an object store's PUT is whole or absent
+    for debris in locations.local_path(path).rglob("*.partial"):
+        if re.fullmatch(r".*\.[0-9a-f]{32}\.partial", debris.name) and debris.is_file():
+            debris.unlink()
 
 
 def write_chunk(path, i, images, labels=None, source_index=None):
