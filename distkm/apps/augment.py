@@ -24,7 +24,7 @@ import zarr
 from distkm import config
 from distkm.engine.run import run_chunk_tasks
 from distkm.io import locations
-from distkm.io.outputs import check_not_an_input, check_output_path, output_lock, partial_path, replace_path
+from distkm.io.outputs import ResumableOutput
 from distkm.io.stores import (
     blosc_compressor,
     chunks_done,
@@ -145,16 +145,15 @@ def augment_store(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
     start = time.perf_counter()
     plan = check_request(source, out, n, seed=seed, split=split, chunk_rows=chunk_rows, compressor=compressor,
                          originals=originals, strength=strength, image_shape=image_shape, overwrite=overwrite)
-    work = partial_path(out)
-    with output_lock(out):  # a second augment to the same output is refused, not raced
-        resumed = _resume_or_create(work, plan)
-        done = chunks_done(work)
+    with ResumableOutput(out, inputs=[source], overwrite=overwrite) as output:  # a second augment is refused
+        resumed = _resume_or_create(output.work, plan)
+        done = chunks_done(output.work)
         todo = [i for i in range(plan.n_chunks) if not done[i]]
         rows = [plan.chunk_rows_of(i) for i in todo]
-        run_chunk_tasks(partial(_augment_chunk, plan=plan, out=str(work)), todo, rows, name="augment",
+        run_chunk_tasks(partial(_augment_chunk, plan=plan, out=str(output.work)), todo, rows, name="augment",
                         progress=progress, desc="augment")
-        mark_complete(work)
-        replace_path(work, out, overwrite=overwrite)
+        mark_complete(output.work)
+        output.publish()
     size = locations.disk_usage(out)
     raw = plan.n_total * (int(np.prod(plan.image_shape)) + 1 + 8)
     return {"rows": plan.n_total, "rows_written": int(sum(rows)), "resumed_chunks": int(done.sum()) if resumed else 0,
@@ -175,8 +174,7 @@ def check_request(source, out, n, *, seed=0, split=None, chunk_rows=None, compre
     """
     plan = _plan(source, n, seed=seed, split=split, chunk_rows=chunk_rows, compressor=compressor,
                  originals=originals, strength=strength, image_shape=image_shape)
-    check_output_path(out, overwrite=overwrite, inputs=[source])
-    check_not_an_input(partial_path(out), [source])
+    ResumableOutput(out, inputs=[source], overwrite=overwrite)  # checks OUT and OUT.partial
     return plan
 
 

@@ -8,14 +8,16 @@ their split (:func:`distkm.engine.final.final_pass`); only the other splits
 (the held-out rows) are read again, by the evaluation.
 
 A run folder on object storage (``--out s3://...``) is built the same way,
-except that only its labels array, written by the workers, goes to a
-hidden, unique prefix beside ``OUT`` at once; the small files are made in a
-local temporary folder and uploaded beside it, then the whole is copied
-into place (:func:`distkm.io.outputs.replace_path`). Such a fit does not resume.
+under the prefix ``OUT.partial``: the checkpoint and the labels array go
+there at once, so a killed fit resumes from any machine; the small files
+(model, report, pictures) are made in a local folder named after the output
+and uploaded at the end, then the whole is moved into place
+(:mod:`distkm.io.publish`, which a kill at any point does not strand).
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 import time
@@ -28,7 +30,7 @@ from distkm.evaluation.report import evaluation_plan_for, report_run
 from distkm.io import locations
 from distkm.io.checkpoint import Checkpoint
 from distkm.io.model import save_model
-from distkm.io.outputs import check_not_an_input, check_output_path, output_lock, partial_path, replace_path
+from distkm.io.outputs import ResumableOutput
 from distkm.io.stores import open_store, zarr_location
 
 
@@ -62,12 +64,13 @@ class FitJob:
         The whole store (its other splits are evaluated too).
     x : dask.array.Array
         The rows fitted.
+    output : distkm.io.outputs.ResumableOutput
+        The run folder, built in ``output.work`` (``OUT.partial``), checkpoint included.
     work : Path
-        ``OUT.partial``, where the run is built (a local temporary folder for a URL ``out``).
-    stage : Path or str
-        Where the labels array is written and the run assembled: ``work``, or a hidden prefix beside a URL ``out``.
+        The local folder the small files are written in: ``OUT.partial`` itself, or for a URL
+        a folder named after the output in the system's temporary folder.
     kept : bool
-        After a failure: whether ``work`` was kept for a resume (it holds a checkpoint).
+        After a failure: whether ``OUT.partial`` was kept for a resume (it holds a checkpoint).
     """
 
     def __init__(self, store, out, *, params, split=None, inputs=(), overwrite=False, resume=False):
@@ -75,47 +78,40 @@ class FitJob:
         self.split = split
         self.start, self.stop = self.store.bounds(split)
         self.x = self.store.images[self.start:self.stop]
+        self.output = ResumableOutput(out, inputs=[store, *inputs], overwrite=overwrite)
         self.remote = locations.is_url(out)
-        self.out, self.overwrite = locations.location(out), overwrite
-        inputs = [store, *inputs]
-        check_output_path(out, overwrite=overwrite, inputs=inputs)
-        self.stage = locations.temporary_url(out, "partial") if self.remote else partial_path(out)
-        check_not_an_input(self.stage, inputs)
-        if self.remote and resume:
-            raise ValueError(f"a fit into {locations.public_url(out)!r} cannot resume: runs on object storage are "
-                             "not checkpointed; start it again without resume")
-        self.work = Path(tempfile.mkdtemp(prefix="distkm-run-")) if self.remote else self.stage
+        self.work = _local_folder(self.output.out) if self.remote else self.output.work
+        self.checkpoint = Checkpoint(locations.join(self.output.work, "checkpoint"))
         self._lock = ExitStack()  # held from here until the run is published or has failed
-        self._lock.enter_context(output_lock(out))
+        self._lock.enter_context(self.output)
         try:
-            if not self.remote and self.work.exists() and not resume:
-                raise FileExistsError(f"{self.work} holds an interrupted fit; continue it with resume=True, "
-                                      "or delete it to start over")
-            self.model = KMeans(**params, checkpoint=str(self.work / "checkpoint"))
+            if self.output.interrupted() and not resume:
+                raise FileExistsError(f"{locations.public_url(self.output.work)} holds an interrupted fit; continue "
+                                      "it with resume=True, or delete it to start over")
+            self.model = KMeans(**params, checkpoint=self.checkpoint.folder)
             self.model._validate_params()
             if self.x.shape[0] < self.model.n_clusters:
                 raise ValueError(f"n_samples={self.x.shape[0]} should be >= n_clusters={self.model.n_clusters}.")
         except BaseException:
             self._lock.close()
-            if self.remote:
-                shutil.rmtree(self.work, ignore_errors=True)
             raise
         self.kept = False
         self._created = time.perf_counter()
 
     @contextmanager
     def working(self):
-        """The block in which the run is built: on failure, ``work`` is kept if it can be resumed, else removed."""
-        self.work.mkdir(parents=True, exist_ok=True)
+        """The block in which the run is built: on failure, ``OUT.partial`` is kept if it can be resumed."""
+        if self.remote:  # what a killed command left; made again only when the iterations are over
+            shutil.rmtree(self.work, ignore_errors=True)
+        else:
+            self.work.mkdir(parents=True, exist_ok=True)
         try:
             yield self
         except BaseException:
-            self.kept = not self.remote and Checkpoint(self.work / "checkpoint").exists()
+            self.kept = self.checkpoint.exists()
             if not self.kept:  # nothing worth resuming: leave nothing behind
-                shutil.rmtree(self.work, ignore_errors=True)
-                if self.remote:
-                    locations.remove_quietly(self.stage)
-            self._lock.close()
+                self.output.discard()
+            self._end()
             raise
 
     def run(self, *, evaluate=True, pictures=True, seed=0, progress=None):
@@ -130,9 +126,8 @@ class FitJob:
         evaluation : distkm.evaluation.evaluate.Evaluation or None
         """
         started = time.perf_counter()
-        labels_at = locations.join(self.stage, "labels.zarr")
-        if not self.remote:  # from an attempt killed while writing them
-            shutil.rmtree(labels_at, ignore_errors=True)
+        labels_at = locations.join(self.output.work, "labels.zarr")
+        locations.remove(labels_at)  # from an attempt killed while writing them
         labels_path = zarr_location(labels_at, read_only=False)
         attrs = {"store": locations.recorded(self.store.path), "split": self.split}
         final = {"labels_to": labels_array_for(labels_path, self.x, attrs=attrs), "row_offset": self.start}
@@ -147,6 +142,7 @@ class FitJob:
         fit_seconds = time.perf_counter() - started
         if final["labels_to"] is None:  # rows in irregular chunks: the labels get a pass of their own
             write_labels(labels_path, self.model.labels_, attrs=attrs)
+        self.work.mkdir(parents=True, exist_ok=True)
         data = {"path": attrs["store"], "split": self.split, "array": "images",
                 "n_samples": int(self.x.shape[0]), "n_features": int(self.x.shape[1])}
         meta = save_model(self.work, self.model, data=data, extra={"timings": {
@@ -154,16 +150,28 @@ class FitJob:
             "command_seconds": time.perf_counter() - self._created}})
         known = None if tables is None else {fitted_split: tables}
         evaluation = report_run(self.work, self.model, meta, self.store, evaluate=evaluate, pictures=pictures,
-                                name=self.out, seed=seed, known=known)
+                                name=self.output.out, seed=seed, known=known)
         return meta, evaluation
 
     def publish(self):
         """Move the complete run into place (replacing the old one only now) and drop the checkpoint."""
         try:
-            Checkpoint(self.work / "checkpoint").remove()
             if self.remote:
-                locations.upload(self.work, self.stage)
-                shutil.rmtree(self.work, ignore_errors=True)
-            replace_path(self.stage, self.out, overwrite=self.overwrite)
+                locations.upload(self.work, self.output.work)
+            self.checkpoint.remove()
+            self.output.publish()
         finally:
-            self._lock.close()
+            self._end()
+
+    def _end(self):
+        if self.remote:
+            shutil.rmtree(self.work, ignore_errors=True)
+        self._lock.close()
+
+
+def _local_folder(url):
+    """The local folder for the small files of a run going to ``url``: one name per output, so that
+    what a killed command left is removed by the next one."""
+    digest = hashlib.sha256(str(locations.canonical(url)).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"distkm-run-{digest}"
+

@@ -96,7 +96,8 @@ def fit(args):
         raise
     except BaseException:
         if job.kept:
-            print(f"distkm: the fit so far is kept in {job.work}; run the same command with --resume to continue",
+            print(f"distkm: the fit so far is kept in {shown(job.output.work)}; run the same command with --resume "
+                  "to continue",
                   file=sys.stderr)
         raise
     job.publish()
@@ -112,9 +113,9 @@ def fit(args):
 def _print_progress(event, **info):
     """The fit's progress lines on the terminal (``KMeans(verbose=1)`` prints scikit-learn's instead)."""
     if event == "checkpoint":
-        resumed = info["resumed"]
-        print(f"Checkpointing after every iteration to {info['path']}" if resumed is None else
-              f"Resuming from {info['path']}: initialization {resumed[0] + 1}, iteration {resumed[1]}", flush=True)
+        resumed, path = info["resumed"], shown(info["path"])
+        print(f"Checkpointing after every iteration to {path}" if resumed is None else
+              f"Resuming from {path}: initialization {resumed[0] + 1}, iteration {resumed[1]}", flush=True)
     elif event == "init":
         print(f"Initialization {info['run'] + 1}/{info['n_init']} ({info['init']})", flush=True)
     elif event == "iteration":
@@ -167,7 +168,10 @@ def _client(args, report_folder=None, data_nbytes=None, report_file=None):
         if getattr(args, "performance_report", False) and report_file is not None:
             # mode="inline": bokeh's JavaScript inside the file, so it opens offline
             with performance_report(filename=str(report_file), mode="inline"):
-                yield client
+                try:
+                    yield client
+                finally:  # written when this block ends, into a folder that may be made late (a fit into a URL)
+                    report_file.parent.mkdir(parents=True, exist_ok=True)
         else:
             yield client
 

@@ -12,7 +12,7 @@ import socket
 import ssl
 import threading
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import dask.config
 from dask.system import CPU_COUNT
@@ -230,11 +230,18 @@ def _dashboard_link_config(settings):
 
 
 def _scheduler_settings(section):
-    """dask config for a scheduler started in this process: ``worker-saturation`` from the section, else distkm's."""
+    """dask config for a LocalCluster started in this process: ``worker-saturation`` from the section, else
+    distkm's, and worker processes whose asyncio logger is quiet.
+
+    aiohttp (under s3fs) reports the sessions still open when a worker process ends ("Unclosed client
+    session") through asyncio's logger: harmless at exit, noise on the user's terminal. The variable is
+    read by distributed as the worker process starts, before any task.
+    """
+    settings = {"distributed.nanny.pre-spawn-environ.DASK_LOGGING__ASYNCIO": "critical"}
     saturation = section.get("worker-saturation", config.section("local-cluster").get("worker-saturation"))
-    if saturation is None:
-        return nullcontext()
-    return dask.config.set({"distributed.scheduler.worker-saturation": saturation})  # read as the scheduler starts
+    if saturation is not None:
+        settings["distributed.scheduler.worker-saturation"] = saturation  # read as the scheduler starts
+    return dask.config.set(settings)
 
 
 def _local_cluster(settings, n_workers, threads_per_worker, memory_limit, *, processes=True):

@@ -4,9 +4,11 @@ A checkpoint folder holds ``checkpoint.json`` (iteration, history, RNG
 state, fingerprint of parameters and data, best run so far) and the centers
 it refers to as ``.npy`` files (a few KB; written in well under a
 millisecond, where a zarr array took ~10 ms, a fifth of a small job's
-iteration). Each file gets a fresh name and the JSON
-is replaced by ``os.replace``, so a kill at any instant leaves either the
-previous checkpoint or the new one, never a mix. Centers are stored as
+iteration). Each file gets a fresh name and the JSON is replaced whole (by
+``os.replace`` in a folder, by one PUT under a URL prefix: an object store
+replaces an object atomically), so a kill at any instant leaves either the
+previous checkpoint or the new one, never a mix. A checkpoint on object
+storage (a fit whose run goes there) can be resumed from any machine. Centers are stored as
 float64 and the RNG state exactly, so a resumed fit ends bit-identical to an
 uninterrupted one.
 
@@ -19,15 +21,17 @@ is refused in one line naming it.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import re
 import shutil
 import uuid
-from pathlib import Path
 
 import numpy as np
+
+from distkm.io import locations
 
 logger = logging.getLogger("distkm")
 
@@ -49,11 +53,16 @@ class Checkpoint:
     """
 
     def __init__(self, folder):
-        self.folder = Path(folder)
-        self.path = self.folder / "checkpoint.json"
+        self.folder = locations.location(folder)  # a Path, or a URL prefix
+        self.path = locations.join(self.folder, "checkpoint.json")
+        self._shown = locations.public_url(self.folder)
 
     def exists(self):
-        return self.path.is_file()
+        try:
+            self._get("checkpoint.json")
+        except FileNotFoundError:
+            return False
+        return True
 
     def load(self, fingerprint):
         """The saved state as a dict of its fields, or ``None`` when there is none.
@@ -63,18 +72,21 @@ class Checkpoint:
         ValueError
             The checkpoint was made with other parameters or data (the message lists them).
         """
-        if not self.exists():
-            return None
         try:
-            doc = json.loads(self.path.read_text())
+            doc = json.loads(self._get("checkpoint.json"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{self._shown}/checkpoint.json is not a readable distkm checkpoint ({e})") from e
+        try:
             if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
                 raise ValueError(f"format {doc.get('format') if isinstance(doc, dict) else None!r}, "
                                  f"expected {FORMAT!r} version {VERSION}")
         except (OSError, ValueError) as e:
-            raise CheckpointError(f"{self.path} is not a readable distkm checkpoint ({e})") from e
+            raise CheckpointError(f"{self._shown}/checkpoint.json is not a readable distkm checkpoint ({e})") from e
         differ = _differences(doc["fingerprint"], fingerprint)
         if differ:
-            raise CheckpointError(f"cannot resume from {self.folder}: it was made with different " + ", ".join(differ))
+            raise CheckpointError(f"cannot resume from {self._shown}: it was made with different " + ", ".join(differ))
         shape = (fingerprint["params"]["n_clusters"], fingerprint["data"]["shape"][1])
         best = doc["best"]
         if best is not None:
@@ -97,13 +109,12 @@ class Checkpoint:
         except OSError as e:
             try:
                 free = f"{shutil.disk_usage(self.folder).free / 2**20:,.1f} MiB"
-            except OSError:
+            except (OSError, TypeError):  # TypeError: a URL has no free space to tell
                 free = "unknown"
-            raise OSError(f"cannot write the checkpoint in {self.folder} ({e.strerror or e}; free space there: "
+            raise OSError(f"cannot write the checkpoint in {self._shown} ({e.strerror or e}; free space there: "
                           f"{free}); free some and resume") from e
 
     def _save(self, state):
-        self.folder.mkdir(parents=True, exist_ok=True)
         name, keys, pos, has_gauss, cached = state.rng_state
         best = None
         if state.best is not None:
@@ -123,49 +134,79 @@ class Checkpoint:
             "rng_state": [name, np.asarray(keys).tolist(), int(pos), int(has_gauss), float(cached)],
             "best": best,
         }
-        tmp = self.folder / f".checkpoint-{uuid.uuid4().hex}.json"
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self.path)
+        self._put("checkpoint.json", json.dumps(doc).encode())
         self._remove_unreferenced({doc["centers"]["file"], best and best["centers"]["file"]})
         logger.debug("checkpoint written: run %d, iteration %d", state.run, len(state.history))
 
     def remove(self):
-        """Delete the checkpoint folder (once the fit it served is complete)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        """Delete the checkpoint (once the fit it served is complete)."""
+        locations.remove(self.folder)
 
     def _write(self, array):
         """Write centers to a fresh file; returns its reference ``{"file": name, "sha256": ...}``."""
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(array, dtype=np.float64), allow_pickle=False)
         name = f"centers-{uuid.uuid4().hex[:12]}.npy"
-        tmp = self.folder / f".{name}"
-        try:
-            with tmp.open("wb") as f:
-                np.save(f, np.asarray(array, dtype=np.float64), allow_pickle=False)
-            os.replace(tmp, self.folder / name)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return {"file": name, "sha256": _sha256(self.folder / name)}
+        self._put(name, buffer.getvalue())
+        return {"file": name, "sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}
 
     def _read(self, ref, shape):
         """The centers a reference names, checked: a bare name here, its checksum, finite float64 of ``shape``."""
         name = ref.get("file") if isinstance(ref, dict) else None
         if not isinstance(name, str) or not _CENTERS_FILE.fullmatch(name):
-            raise CheckpointError(f"{self.path} refers to {name or ref!r}, not a centers file of this folder; "
-                             f"delete {self.folder} to start over")
-        path = self.folder / name
+            raise CheckpointError(f"{self._shown}/checkpoint.json refers to {name or ref!r}, not a centers file of "
+                                  f"this folder; delete {self._shown} to start over")
         try:
-            if _sha256(path) != ref.get("sha256"):
+            data = self._get(name)
+            if hashlib.sha256(data).hexdigest() != ref.get("sha256"):
                 raise ValueError("its checksum differs from the one in checkpoint.json")
-            centers = np.load(path, allow_pickle=False)
+            centers = np.load(io.BytesIO(data), allow_pickle=False)
             if centers.dtype != np.float64 or centers.shape != shape or not np.isfinite(centers).all():
                 raise ValueError(f"it holds {centers.dtype} {centers.shape}, expected finite float64 {shape}")
         except (OSError, ValueError) as e:
-            raise CheckpointError(f"checkpoint file {path} is damaged ({e}); delete {self.folder} to start over") from e
+            raise CheckpointError(f"checkpoint file {self._shown}/{name} is damaged ({e}); delete {self._shown} to "
+                                  "start over") from e
         return centers
 
     def _remove_unreferenced(self, keep):
-        for path in self.folder.glob("centers-*.npy"):
-            if path.name not in keep:
-                path.unlink(missing_ok=True)
+        for name in self._names():
+            if _CENTERS_FILE.fullmatch(name) and name not in keep:
+                self._delete(name)
+
+    # The four file operations, on a folder or under a URL prefix.
+
+    def _put(self, name, data):
+        """Write a file whole: a temporary file renamed over it, or one PUT."""
+        if locations.is_url(self.folder):
+            fs, root = locations.filesystem(self.folder)
+            with locations.explained(self.folder):
+                fs.pipe_file(f"{root.rstrip('/')}/{name}", data)
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{name}.{uuid.uuid4().hex}"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.folder / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _get(self, name):
+        if locations.is_url(self.folder):
+            fs, root = locations.filesystem(self.folder)
+            with locations.explained(self.folder):
+                return fs.cat_file(f"{root.rstrip('/')}/{name}")
+        return (self.folder / name).read_bytes()
+
+    def _names(self):
+        if locations.is_url(self.folder):
+            fs, root = locations.filesystem(self.folder)
+            with locations.explained(self.folder):
+                fs.invalidate_cache()
+                return [path.rsplit("/", 1)[-1] for path in fs.find(root)]
+        return [path.name for path in self.folder.iterdir()]
+
+    def _delete(self, name):
+        locations.remove(locations.join(self.folder, name))
 
 
 def _differences(saved, current, prefix=""):
@@ -177,7 +218,3 @@ def _differences(saved, current, prefix=""):
         elif a != b:
             out.append(f"{prefix}{key} ({a} then, {b} now)")
     return out
-
-
-def _sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

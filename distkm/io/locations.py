@@ -8,16 +8,15 @@ S3-compatible service such as MinIO or Ceph), plus ``distkm.storage-options``
 for what those places cannot say. distkm records only the URL, never a
 credential: :func:`public_url` strips anything in the URL's user part.
 
-Object stores have no rename: an output on one is made complete in a hidden
-prefix beside its final name, then copied into place on the server (its
-metadata files last, so a reader never sees a half-copied store), and the
-hidden prefix removed (:func:`publish_url`).
+Object stores have no rename: an output on one is made complete beside its
+final name, then copied into place on the server (:mod:`distkm.io.publish`).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -28,10 +27,6 @@ from fsspec.registry import known_implementations
 from zarr.storage import FsspecStore
 
 from distkm import config
-
-#: Files that make a folder a store, a run or a sweep (copied last, so that a half-copied output is never one).
-MARKERS = ("zarr.json", "model.json", "sweep.json")
-
 
 def _scheme(path):
     """The protocol ``path`` is spelled with (lower case), or ``None`` for a plain path."""
@@ -282,10 +277,17 @@ def upload(folder, url):
         fs.put([str(f) for f in files], [f"{inner.rstrip('/')}/{f.relative_to(folder).as_posix()}" for f in files])
 
 
-def remove(url):
-    """Remove everything under ``url`` (nothing there is fine): its objects listed, then deleted by name."""
-    fs, inner = filesystem(url)
-    with explained(url):
+def remove(path):
+    """Remove everything at ``path``, a local file or folder or a URL prefix (nothing there is fine)."""
+    if not is_url(path):
+        path = local_path(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+        return
+    fs, inner = filesystem(path)
+    with explained(path):
         # The listed keys, never a pattern (URL outputs may not hold "*?[", which fsspec reads as globs).
         keys = fs.find(inner) + ([inner] if fs.isfile(inner) else [])
         if keys:
@@ -293,65 +295,15 @@ def remove(url):
         fs.invalidate_cache()
 
 
-def remove_quietly(url):
+def remove_quietly(path):
     """:func:`remove` after a failure: a leftover is logged, never raised over the error being reported."""
     try:
-        remove(url)
+        remove(path)
     except Exception as e:  # the network may be why the command failed in the first place
-        logging.getLogger("distkm").warning("could not remove %s (%s); delete it by hand", public_url(url), e)
+        logging.getLogger("distkm").warning("could not remove %s (%s); delete it by hand", public_url(path), e)
 
 
 def temporary_url(url, tag="tmp"):
     """A hidden, unique prefix beside ``url`` (``.NAME.tmp-<hex>``) to build an output in."""
     parent, _, name = str(url).rstrip("/").rpartition("/")
     return f"{parent}/.{name}.{tag}-{uuid.uuid4().hex[:12]}"
-
-
-class PublishError(OSError):
-    """A complete output could not be copied into place; it is kept where it was built."""
-
-
-def publish_url(src, dst, *, replace=False):
-    """Copy the complete output at ``src`` to ``dst`` on the server, markers last, then remove ``src``.
-
-    Parameters
-    ----------
-    replace : bool
-        ``dst`` holds an older output (checked by the caller) that is
-        removed only now, once ``src`` is complete.
-
-    Raises
-    ------
-    FileExistsError
-        ``dst`` appeared while ``src`` was being made and ``replace`` is false.
-    PublishError
-        The copy failed: what it copied is removed again, and the complete
-        output stays at ``src`` (named in the message), never deleted.
-    """
-    fs, src_path = filesystem(src)
-    dst_path = filesystem(dst)[1]
-    with explained(dst):
-        fs.invalidate_cache()
-        files = sorted(fs.find(src_path))
-        root = src_path.rstrip("/")
-        if not any(f[len(root) + 1:] in MARKERS for f in files):
-            raise PublishError(f"{public_url(src)} holds no complete output; nothing was replaced")
-        if fs.exists(dst_path):
-            if not replace:
-                raise FileExistsError(f"output {public_url(dst)!r} appeared while writing; nothing was replaced")
-            remove(dst)
-    # Markers last, the root's very last: until it lands, dst is not a store or a run at all.
-    data = [f for f in files if f.rsplit("/", 1)[-1] not in MARKERS]
-    markers = sorted(set(files) - set(data), key=lambda f: -f.count("/"))
-    target = [dst_path.rstrip("/") + f[len(root):] for f in data]
-    try:
-        with explained(dst):
-            if data:
-                fs.copy(data, target)  # concurrent requests, by name (lists are never globbed)
-            for name in markers:
-                fs.copy([name], [dst_path.rstrip("/") + name[len(root):]])
-    except Exception as e:
-        remove_quietly(dst)
-        raise PublishError(f"could not copy the complete output into {public_url(dst)!r} ({e}); it is kept at "
-                           f"{public_url(src)!r}: copy it yourself, or run the command again") from e
-    remove_quietly(src)

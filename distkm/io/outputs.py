@@ -6,8 +6,8 @@ into place only once complete, so a crash, a Ctrl-C or a failed write never
 leaves a half-written output that a later command could mistake for a good
 one. With ``overwrite``, the old output is replaced only after the new one
 is complete. On object storage (an output given as a URL), which has no
-rename, the temporary folder is a hidden prefix and the move a copy on the
-server, markers last (:func:`distkm.io.locations.publish_url`).
+rename, the temporary folder is a prefix beside the output and the move a
+copy on the server that survives a kill at any point (:mod:`distkm.io.publish`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from distkm.io import locations
+from distkm.io import locations, publish
 
 
 def check_output_path(path, *, overwrite=False, inputs=()):
@@ -55,7 +55,11 @@ def check_output_path(path, *, overwrite=False, inputs=()):
             raise ValueError(f"output {locations.public_url(path)!r}: a URL output must name a path inside a bucket "
                              "without the characters * ? [")
         check_not_an_input(path, inputs)
+        finished = publish.finish_interrupted(path)  # a move into path that a kill stopped: ended, then judged
         if locations.exists(path):
+            if not overwrite and finished:
+                raise FileExistsError(f"output {locations.public_url(path)!r} was complete but for its move into "
+                                      "place, which is finished now; pass overwrite=True to make it again")
             if not overwrite:
                 raise FileExistsError(f"output {locations.public_url(path)!r} already exists; pass overwrite=True "
                                       "to replace it")
@@ -110,7 +114,7 @@ def written_by_distkm(path):
         path = locations.local_path(path)
         if path.is_symlink() or not path.is_dir():
             return _written_file(path)
-    for marker in locations.MARKERS:  # a folder, or a prefix on object storage
+    for marker in publish.MARKERS:  # a folder, or a prefix on object storage
         kind = _kind(marker, locations.read_text(locations.join(path, marker)))
         if kind is not None:
             return kind
@@ -273,8 +277,8 @@ def _atomic_url(url, *, overwrite, inputs):
         raise
     try:
         replace_path(tmp, url, overwrite=overwrite)
-    except locations.PublishError:
-        raise  # the complete output stays where it was built (the message names it)
+    except publish.PublishError:
+        raise  # the move is under way (its journal says where): the next command into url finishes it
     except BaseException:
         locations.remove_quietly(tmp)
         raise
@@ -309,6 +313,61 @@ def write_text_atomic(path, text):
         raise
 
 
+class ResumableOutput:
+    """An output built in ``OUT.partial`` until it is complete, then moved into place whole (fit, augment).
+
+    ``OUT.partial`` (a folder, or a prefix on object storage) outlives a failed
+    or killed command, so the same command run again continues it; only the
+    move makes ``OUT``, so a half output is never taken for one. Use it as a
+    context manager: inside the block, this command alone writes ``OUT``
+    (:func:`output_lock`; on object storage, where nothing can be locked, two
+    commands writing the same URL are not detected).
+
+    Parameters
+    ----------
+    out : str or Path
+        The output to create.
+    inputs : iterable of str or Path
+        The command's inputs, which neither ``OUT`` nor ``OUT.partial`` may overlap.
+    overwrite : bool
+        Replace an existing ``OUT`` (distkm's own only) when the new one is complete.
+
+    Attributes
+    ----------
+    out : Path or str
+        The output, as :func:`distkm.io.locations.location` reads it.
+    work : Path or str
+        ``OUT.partial``, where it is built.
+    """
+
+    def __init__(self, out, *, inputs=(), overwrite=False):
+        check_output_path(out, overwrite=overwrite, inputs=inputs)
+        self.out, self.overwrite = locations.location(out), overwrite
+        self.work = partial_path(out)
+        check_not_an_input(self.work, inputs)
+        self._lock = None
+
+    def __enter__(self):
+        self._lock = output_lock(self.out)
+        self._lock.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._lock.__exit__(*exc_info)
+
+    def interrupted(self):
+        """Whether ``OUT.partial`` holds the work of an earlier command."""
+        return locations.exists(self.work)
+
+    def discard(self):
+        """Remove ``OUT.partial`` (nothing there worth resuming)."""
+        locations.remove_quietly(self.work)
+
+    def publish(self):
+        """Move the complete ``OUT.partial`` to ``OUT`` (replacing the old output only now)."""
+        replace_path(self.work, self.out, overwrite=self.overwrite)
+
+
 def partial_path(path):
     """Where a resumable output is built before it is complete (``OUT.partial``, visible on purpose)."""
     if locations.is_url(path):
@@ -329,7 +388,7 @@ def replace_path(src, dst, *, overwrite=False):
     if locations.is_url(dst):
         if overwrite and locations.exists(dst):
             _check_replaceable(dst)
-        locations.publish_url(src, dst, replace=overwrite)
+        publish.publish(src, dst, replace=overwrite)
         return
     src, dst = locations.local_path(src), locations.local_path(dst)
     if dst.exists() and not overwrite:
