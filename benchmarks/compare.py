@@ -23,6 +23,8 @@ each of distkm's and from scikit-learn's k-means++.
 
 Peak RSS is summed over every process of a measurement (this one, the scheduler and the workers;
 or scikit-learn's process), sampled every 20 ms.
+
+``--smoke``: a 4,000-row MNIST store in a temporary folder, k=4, 2 iterations, one read pass each.
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
 DISTKM = str(Path(sys.executable).with_name("distkm"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _measure import PeakRSS, run_measured  # noqa: E402
+from _smoke import DATA, data_folder, parse_args  # noqa: E402
 
 SKLEARN = """
 import json, sys, time, numpy as np, zarr
@@ -65,10 +67,14 @@ print(json.dumps(out))
 """
 
 
-def ensure_store(name):
-    """``data/<name>.zarr``, built if missing: mnist from the IDX files, augNm with distkm augment."""
-    store = ROOT / "data" / f"{name}.zarr"
-    mnist = ROOT / "data" / "mnist.zarr"
+#: The smoke run's parameters (tiny and quick), in place of the real run's defaults.
+SMOKE = {"stores": ["mnist"], "k": 4, "iterations": 2, "repeats": 1}
+
+
+def ensure_store(name, data=DATA):
+    """``<data>/<name>.zarr``, built if missing: mnist from the IDX files, augNm with distkm augment."""
+    store = data / f"{name}.zarr"
+    mnist = data / "mnist.zarr"
     if not mnist.exists():
         subprocess.run([DISTKM, "ingest", "mnist", "--out", str(mnist)], check=True)
     if not store.exists():
@@ -110,7 +116,8 @@ def fmt_bytes(n):
     return f"{n / 2**20:,.0f} MiB" if n < 10 * 2**30 else f"{n / 2**30:,.1f} GiB"
 
 
-def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, seed=0):
+def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, seed=0, data=DATA, repeats=3):
+    """Measure and print everything for the store ``<data>/<name>.zarr``; ``repeats`` read passes (median) each."""
     import dask.array as da
     import zarr
     from distributed import wait
@@ -121,7 +128,7 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
     from distkm.engine.init import init_centers, take_rows
     from distkm.io.stores import open_store
 
-    store = ensure_store(name)
+    store = ensure_store(name, data)
     images = zarr.open_array(store / "images", mode="r")
     n, d = images.shape
     print(f"\n## {name}: {n:,} x {d} uint8, chunks of {images.chunks[0]:,} rows, k={k}, "
@@ -134,7 +141,7 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
 
         read = []
         with rss.measure(peaks, "read"):
-            for _ in range(3):
+            for _ in range(repeats):
                 t = time.perf_counter()
                 read_pass(x)
                 read.append(time.perf_counter() - t)
@@ -154,7 +161,7 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
         # after distkm's fits: zarr's decode threads would keep memory (malloc arenas) in their RSS.
         read = []
         with rss.measure(peaks, "read via zarr's event loop"):
-            for _ in range(3):
+            for _ in range(repeats):
                 t = time.perf_counter()
                 read_pass(da.from_zarr(images))
                 read.append(time.perf_counter() - t)
@@ -205,7 +212,7 @@ def bench_store(name, k, iterations, *, with_dask_ml, with_sklearn, with_init, s
         if need > psutil.virtual_memory().available:
             notes["scikit-learn"] = f"skipped: needs ~{fmt_bytes(need)} of RAM"
         else:
-            init_path = ROOT / "data" / f".init-{name}-k{k}.npy"
+            init_path = store.parent / f".init-{name}-k{k}.npy"
             np.save(init_path, init)
             _, peak, out = run_measured([sys.executable, "-c", SKLEARN, str(store), str(k), str(iterations),
                                          str(init_path), str(seed if with_init else -1)])
@@ -256,10 +263,12 @@ def main():
     parser.add_argument("--no-dask-ml", action="store_true")
     parser.add_argument("--no-sklearn", action="store_true")
     parser.add_argument("--no-init", action="store_true", help="skip the initialisation comparison")
-    args = parser.parse_args()
-    for name in args.stores:
-        bench_store(name, args.k, args.iterations, with_dask_ml=not args.no_dask_ml,
-                    with_sklearn=not args.no_sklearn, with_init=not args.no_init)
+    parser.add_argument("--repeats", type=int, default=3, help="read passes per measurement (median)")
+    args = parse_args(parser, SMOKE)
+    with data_folder(args.smoke) as data:
+        for name in args.stores:
+            bench_store(name, args.k, args.iterations, with_dask_ml=not args.no_dask_ml,
+                        with_sklearn=not args.no_sklearn, with_init=not args.no_init, data=data, repeats=args.repeats)
 
 
 if __name__ == "__main__":

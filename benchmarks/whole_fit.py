@@ -22,6 +22,8 @@ the faster scikit-learn algorithm, and the peak RSS summed over every process of
 one, the scheduler and the workers; or scikit-learn's). Then, for the pruned fit, the share of
 distances skipped per iteration, and for the out-of-core fit its mean iteration against a bare
 read pass of the same store.
+
+``--smoke``: the train split (3,000 rows) of a 4,000-row MNIST store in a temporary folder, k=8.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _measure import PeakRSS, run_measured  # noqa: E402
+from _smoke import DATA, data_folder, parse_args  # noqa: E402
 from compare import ensure_store, read_pass  # noqa: E402
 
 SKLEARN = """
@@ -51,6 +54,8 @@ t = time.perf_counter()
 model = KMeans(len(init), init=init, n_init=1, max_iter=300, tol=1e-4, algorithm=algorithm).fit(X)
 print(json.dumps({"seconds": time.perf_counter() - t, "n_iter": int(model.n_iter_), "inertia": float(model.inertia_)}))
 """
+#: The smoke run's parameters (tiny and quick), in place of the real run's defaults.
+SMOKE = {"cases": ["mnist:8"]}
 
 
 def split_rows(store):
@@ -109,8 +114,9 @@ def distkm_fits(store, rows, init):
     return fits
 
 
-def bench(name, k, seed=0):
-    store = ensure_store(name)
+def bench(name, k, seed=0, data=DATA):
+    """Print the whole fits of ``<data>/<name>.zarr`` (its train split if it has one) from ``k`` seeded rows."""
+    store = ensure_store(name, data)
     rows = split_rows(store)
     import zarr
 
@@ -144,10 +150,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["mnist:256", "aug1m:10", "aug1m:64"],
                         help="STORE:K pairs (default: mnist:256 aug1m:10 aug1m:64)")
-    args = parser.parse_args()
-    for case in args.cases:
-        name, k = case.split(":")
-        bench(name, int(k))
+    args = parse_args(parser, SMOKE)
+    with data_folder(args.smoke) as data:
+        for case in args.cases:
+            name, k = case.split(":")
+            bench(name, int(k), data=data)
 
 
 if __name__ == "__main__":
