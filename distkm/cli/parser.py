@@ -39,9 +39,16 @@ class _DefaultsShown(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+class _OneLineErrors(argparse.ArgumentParser):
+    """A usage mistake is one line naming it and where the help is, then exit status 2 (argparse's)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser():
     """The parser of the ``distkm`` command: one subcommand a command, each with the options it uses."""
-    parser = argparse.ArgumentParser(prog="distkm", description="Out-of-core k-means on zarr image stores, with Dask.")
+    parser = _OneLineErrors(prog="distkm", description="Out-of-core k-means on zarr image stores, with Dask.")
     parser.add_argument("--version", action="version", version=f"distkm {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")

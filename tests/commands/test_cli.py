@@ -313,3 +313,17 @@ def test_progress_in_a_log_file_is_plain_lines_and_a_sweep_shows_its_iterations(
     swept = run("sweep", mnist_test_store, "--k", "2,3", "--out", tmp_path / "sweep", "--max-iter", "3",
                 "--no-pictures", "--silhouette-sample", "0", "--n-workers", 1)
     assert swept.stdout.count("Iteration 1, inertia") == 2 and "\r" not in swept.stdout, swept.stdout
+
+
+@pytest.mark.parametrize("args, problem, help_of", [
+    (["fit", "store.zarr", "--k", "x", "--out", "run"], "argument --k: invalid int value: 'x'", "distkm fit"),
+    (["fit", "store.zarr"], "the following arguments are required: --k, --out", "distkm fit"),
+    (["sweep", "store.zarr", "--k", "2,3", "--out", "s", "--n-workers", "0"], "argument --n-workers: must be a "
+     "positive integer, got 0", "distkm sweep"),
+    (["fitt", "store.zarr"], "argument COMMAND: invalid choice: 'fitt'", "distkm"),
+])
+def test_a_usage_mistake_is_one_line_naming_it_and_the_help(args, problem, help_of):
+    result = distkm(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and problem in result.stderr, result.stderr
+    assert result.stderr.startswith(f"{help_of}: error: ") and result.stderr.endswith(f"; see '{help_of} --help'\n")
