@@ -134,10 +134,10 @@ def filesystem(url):
     ImportError
         The protocol's package is not installed (named, with the pip command).
     """
-    parts = urlsplit(url)
-    where = _CREDENTIALS_ELSEWHERE.get(parts.scheme.lower())
-    if where and (parts.username or parts.password):
-        raise ValueError(f"{public_url(url)!r}: credentials inside a {parts.scheme}:// URL are not used (nor kept); "
+    scheme = urlsplit(url).scheme
+    where = _CREDENTIALS_ELSEWHERE.get(scheme.lower())
+    if where and _without_userinfo(url)[1]:
+        raise ValueError(f"{public_url(url)!r}: credentials inside a {scheme}:// URL are not used (nor kept); "
                          f"give them as {where}")
     try:
         return fsspec.core.url_to_fs(url, **storage_options(url))
@@ -160,12 +160,25 @@ def public_url(path):
     """``path`` as it may be printed or recorded: a URL loses any user or password it carries."""
     if not is_url(path):
         return str(path)
-    parts = urlsplit(path)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    parts = urlsplit(_without_userinfo(path)[0])
     query = f"?{parts.query}" if parts.query else ""
-    return f"{parts.scheme}://{host}{parts.path}{query}"  # "://" kept where the host is empty (memory:///x)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}{query}"  # "://" kept where the host is empty (memory:///x)
+
+
+def _without_userinfo(url):
+    """``(url without its user part, whether it had one)``, never failing on what the user part holds.
+
+    The user part runs to the first ``@``. A password pasted as it is may hold ``/`` (AWS secret keys
+    do), which ends the URL's host for ``urlsplit``: the password is then cut, and its first piece
+    read as a port, whose error would print it. So a first segment holding a ``:`` not followed by a
+    port number, with an ``@`` further on, is taken for a user part too (bucket names hold neither).
+    """
+    head, sep, tail = str(url).partition("://")
+    first = tail.split("/", 1)[0]
+    user_part = "@" in first or (":" in first and "@" in tail and not first.rsplit(":", 1)[1].isdigit())
+    if not sep or not user_part:
+        return str(url), False
+    return f"{head}://{tail.partition('@')[2]}", True
 
 
 def recorded(path):

@@ -194,11 +194,14 @@ def test_a_fit_into_the_bucket_killed_midway_resumes_on_another_machine(s3, s3_m
     machines = [tmp_path / "machine-1", tmp_path / "machine-2"]
     for folder in machines:
         folder.mkdir()
+    # One iteration a task, so one checkpoint an iteration: batched, a quiet machine fits it in a batch or two.
+    unbatched = {"DASK_DISTKM__ITERATION_BATCH_SECONDS": "0"}
     first = subprocess.Popen([DISTKM, *map(str, args), "--quiet", "--out", run], start_new_session=True,
-                             env={**os.environ, "TMPDIR": str(machines[0])},
+                             env={**os.environ, "TMPDIR": str(machines[0]), **unbatched},
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline, iteration = time.monotonic() + 120, 0
-    while iteration < 3 and first.poll() is None:
+    while iteration < 3:
+        assert first.poll() is None, "the fit ended before its third checkpoint"
         assert time.monotonic() < deadline, "no third checkpoint in 120 s"
         if objects(s3, "runs/killed.partial/checkpoint/checkpoint.json"):
             body = s3.client().get_object(Bucket=s3.bucket, Key="runs/killed.partial/checkpoint/checkpoint.json")
