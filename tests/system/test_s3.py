@@ -191,6 +191,7 @@ def test_a_fit_into_the_bucket_killed_midway_resumes_on_another_machine(s3, s3_m
     run, whole = f"s3://{s3.bucket}/runs/killed", f"s3://{s3.bucket}/runs/unkilled"
     args = ["fit", s3_mnist, "--split", "test", "--k", 20, "--seed", 1, "--max-iter", 300, "--tol", 0,
             "--no-pictures", "--no-evaluate", "--n-workers", 1]
+    store_before = bucket_md5(s3, "mnist.zarr/")
     machines = [tmp_path / "machine-1", tmp_path / "machine-2"]
     for folder in machines:
         folder.mkdir()
@@ -228,6 +229,7 @@ def test_a_fit_into_the_bucket_killed_midway_resumes_on_another_machine(s3, s3_m
     assert model["inertia"] == reference["inertia"] and model["n_iter"] == reference["n_iter"]
     assert not [key for key in objects(s3, "runs/") if "partial" in key or "publishing" in key]
     assert [[p.name for p in folder.iterdir() if "distkm" in p.name] for folder in machines] == [[], []]
+    assert bucket_md5(s3, "mnist.zarr/") == store_before  # the input, object for object
 
 
 def copy_objects(s3, keys, source, target):
@@ -288,6 +290,7 @@ def test_a_fit_killed_while_its_run_is_moved_into_place_is_finished_by_the_same_
     run (the centroids of an uninterrupted fit), and no prefix or journal beside it."""
     run, whole = f"s3://{s3.bucket}/runs/moved", f"s3://{s3.bucket}/runs/unmoved"
     args = ["fit", s3_mnist, "--split", "test", "--k", 5, "--seed", 0, "--max-iter", 5, "--quiet"]
+    store_before = bucket_md5(s3, "mnist.zarr/")
     first = subprocess.Popen([DISTKM, *map(str, args), "--out", run], start_new_session=True,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -304,6 +307,7 @@ def test_a_fit_killed_while_its_run_is_moved_into_place_is_finished_by_the_same_
     assert {key.split("/")[2] for key in objects(s3, "runs/moved/")} == \
         {key.split("/")[2] for key in objects(s3, "runs/unmoved/")}
     assert not [key for key in objects(s3, "runs/") if "moved.partial" in key or "moved.publishing" in key]
+    assert bucket_md5(s3, "mnist.zarr/") == store_before
 
 
 @pytest.mark.parametrize("case", ["missing bucket", "missing object", "wrong credentials", "unreachable endpoint",
