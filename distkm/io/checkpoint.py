@@ -8,7 +8,8 @@ iteration). Each file gets a fresh name and the JSON is replaced whole (by
 ``os.replace`` in a folder, by one PUT under a URL prefix: an object store
 replaces an object atomically), so a kill at any instant leaves either the
 previous checkpoint or the new one, never a mix. A checkpoint on object
-storage (a fit whose run goes there) can be resumed from any machine. Centers are stored as
+storage (a fit whose run goes there) can be resumed from any machine.
+Centers are stored as
 float64 and the RNG state exactly, so a resumed fit ends bit-identical to an
 uninterrupted one.
 
@@ -54,7 +55,6 @@ class Checkpoint:
 
     def __init__(self, folder):
         self.folder = locations.location(folder)  # a Path, or a URL prefix
-        self.path = locations.join(self.folder, "checkpoint.json")
         self._shown = locations.public_url(self.folder)
 
     def exists(self):

@@ -57,12 +57,10 @@ def check_output_path(path, *, overwrite=False, inputs=()):
         check_not_an_input(path, inputs)
         finished = publish.finish_interrupted(path)  # a move into path that a kill stopped: ended, then judged
         if locations.exists(path):
-            if not overwrite and finished:
-                raise FileExistsError(f"output {locations.public_url(path)!r} was complete but for its move into "
-                                      "place, which is finished now; pass overwrite=True to make it again")
             if not overwrite:
-                raise FileExistsError(f"output {locations.public_url(path)!r} already exists; pass overwrite=True "
-                                      "to replace it")
+                why = ("was complete but for its move into place, which is finished now; pass overwrite=True to "
+                       "make it again") if finished else "already exists; pass overwrite=True to replace it"
+                raise FileExistsError(f"output {locations.public_url(path)!r} {why}")
             _check_replaceable(path)
         return
     path = locations.local_path(path)
